@@ -1,0 +1,1 @@
+"""pushd: the Pushgate push daemon (APNs and FCM delivery for Kamailio)."""

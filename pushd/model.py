@@ -1,0 +1,94 @@
+"""Typed values shared by every part of pushd: what to push, and what came of it.
+
+Providers (``apns.py``, ``fcm.py``) take a :class:`PushRequest` and return a
+:class:`PushResult`; the classification of a provider's answer into a
+:class:`Verdict` is pure and lives beside each provider (``apns_errors.py``,
+``fcm_errors.py``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ProviderName(enum.StrEnum):
+    """Push services pushd can deliver to (RFC 8599 ``pn-provider`` values, normalised)."""
+
+    APNS = "apns"
+    FCM = "fcm"
+
+
+class PushKind(enum.StrEnum):
+    """Why we push; decides the APNs push type / FCM priority."""
+
+    CALL = "call"  # incoming call: APNs VoIP (PushKit), FCM high-priority data
+    MESSAGE = "message"  # SIP MESSAGE notice: APNs alert, FCM high-priority data
+    CANCEL = "cancel"  # call cancelled / answered elsewhere notice
+    MISSED = "missed"  # missed-call notice: APNs alert
+    REFRESH = "refresh"  # binding refresh: ask the app to re-REGISTER
+
+
+class Environment(enum.StrEnum):
+    """APNs environment; FCM has only production."""
+
+    PRODUCTION = "production"
+    SANDBOX = "sandbox"
+
+
+class Verdict(enum.StrEnum):
+    """What a provider's answer means for us."""
+
+    DELIVERED = "delivered"  # accepted by the provider
+    RETRY = "retry"  # transient: try again after PushResult.retry_after (or backoff)
+    DELETE_TOKEN = "delete_token"  # token is dead for good: remove the binding
+    CONFIG_ERROR = "config_error"  # our credentials/topic/project are wrong: operator must fix
+    GIVE_UP = "give_up"  # permanent for this push, token may still be fine
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushRequest:
+    """One push to one device."""
+
+    provider: ProviderName
+    token: str
+    """Device token (APNs, hex) or registration token (FCM)."""
+    topic: str
+    """APNs ``apns-topic`` (``<bundle>`` or ``<bundle>.voip``); FCM: the Firebase project ID."""
+    kind: PushKind
+    deadline: float
+    """Epoch seconds after which the push is useless (APNs expiration, FCM ttl, retry cap)."""
+    data: dict[str, str] = field(default_factory=dict)
+    """Application payload; string values only (FCM requires it, APNs gets them as JSON)."""
+    environment: Environment = Environment.PRODUCTION
+    collapse_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushResult:
+    """The provider's answer to one attempt, already classified."""
+
+    verdict: Verdict
+    status: int | None = None
+    """HTTP status from the provider; None when no answer came (connection error, timeout)."""
+    reason: str | None = None
+    """Provider reason (APNs ``reason``, FCM ``errorCode``/``status``) or local error text."""
+    retry_after: float | None = None
+    """Seconds the provider asked us to wait (Retry-After), if any."""
+    provider_id: str | None = None
+    """APNs ``apns-id`` or FCM message ``name`` on success."""
+
+
+class Provider(Protocol):
+    """One push service. Implementations must never block the event loop."""
+
+    name: ProviderName
+
+    async def send(self, request: PushRequest) -> PushResult:
+        """Make one attempt; never raises for provider or network errors (they become results)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,178 @@
+"""RFC 8599 push parameters: parse and validate ``pn-*`` Contact URI params.
+
+Also understands the Linphone/Flexisip variants seen in the field:
+``pn-provider=apns.dev`` (sandbox), ``pn-param=<Team>.<bundle>.remote&voip`` and
+``pn-prid=<tok>:remote&<tok>:voip``.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+
+PROVIDERS = ("apns", "fcm")
+_APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{16,200}$")
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-\.]{8,4096}$")
+_BUNDLE = re.compile(r"^[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
+_TEAM = re.compile(r"^[A-Z0-9]{10}$")
+_FCM_PROJECT = re.compile(r"^[a-z][a-z0-9\-]{4,61}[a-z0-9]$")
+
+
+class PnError(ValueError):
+    """A pn-* parameter is malformed. ``param`` names it, for a SIP Warning."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.param = param
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushParams:
+    """Validated push parameters of one binding."""
+
+    provider: str
+    """Normalised provider: ``apns`` or ``fcm``."""
+    sandbox: bool
+    """APNs sandbox requested by the UA (``apns.dev``); None-equivalent False for FCM."""
+    prid: str
+    """The raw pn-prid as registered."""
+    param: str
+    """The raw pn-param as registered."""
+    raw_provider: str
+    """pn-provider exactly as sent (``apns``, ``apns.dev``, ``fcm``)."""
+    extra: dict[str, str] = field(default_factory=dict)
+    """Other pn-* params (pn-silent, pn-timeout, ...): kept, not interpreted."""
+
+    def token_for(self, service: str) -> str:
+        """Device token for ``voip`` (calls) or ``remote`` (alerts) out of a multi-token prid."""
+        return select_token(self.prid, service)
+
+    def apns_team(self) -> str:
+        return self.param.split(".", 1)[0]
+
+    def apns_bundle(self) -> str:
+        """Bundle ID: pn-param after the Team ID, without the service suffix."""
+        rest = self.param.split(".", 1)[1]
+        for suffix in (".voip", ".remote&voip", ".voip&remote", ".remote"):
+            if rest.endswith(suffix):
+                return rest[: -len(suffix)]
+        return rest
+
+    def apns_topic(self, service: str) -> str:
+        """``apns-topic`` for a VoIP push (``<bundle>.voip``) or an alert (``<bundle>``)."""
+        bundle = self.apns_bundle()
+        return f"{bundle}.voip" if service == "voip" else bundle
+
+
+def uri_params(uri: str) -> dict[str, str]:
+    """URI parameters of a SIP URI (``sip:u@h;a=b;c``), values percent-decoded, names lowercased.
+
+    Stops at ``?`` (headers) and ignores anything after a ``>``.
+    """
+    uri = uri.strip()
+    if uri.startswith("<"):
+        uri = uri[1:].split(">", 1)[0]
+    uri = uri.split("?", 1)[0]
+    out: dict[str, str] = {}
+    for part in uri.split(";")[1:]:
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        out[name.strip().lower()] = urllib.parse.unquote(value.strip())
+    return out
+
+
+def select_token(prid: str, service: str) -> str:
+    """Pick the token for ``service`` out of ``<tok>:remote&<tok>:voip``; plain prids pass through."""
+    if "&" not in prid and not re.search(r":(remote|voip)$", prid):
+        return prid
+    tokens: dict[str, str] = {}
+    for item in prid.split("&"):
+        tok, _, svc = item.rpartition(":")
+        if not tok:
+            tok, svc = svc, ""
+        tokens[svc] = tok
+    if service in tokens:
+        return tokens[service]
+    if "" in tokens:
+        return tokens[""]
+    # Ask for voip but only remote given (or the reverse): the only token is the best guess.
+    return next(iter(tokens.values()))
+
+
+def parse(params: dict[str, str]) -> PushParams | None:
+    """Validate the pn-* params of a Contact. None when the binding carries no push params.
+
+    Raises :class:`PnError` naming the offending parameter.
+    """
+    pn = {k: v for k, v in params.items() if k.startswith("pn-")}
+    if not pn or ("pn-provider" not in pn and "pn-prid" not in pn):
+        return None
+    raw_provider = pn.get("pn-provider", "")
+    provider, sandbox = normalise_provider(raw_provider)
+    prid = pn.get("pn-prid", "")
+    if not prid:
+        raise PnError("pn-prid", "missing")
+    param = pn.get("pn-param", "")
+    if provider == "apns":
+        _check_apns(prid, param)
+    else:
+        _check_fcm(prid, param)
+    extra = {k: v for k, v in pn.items() if k not in ("pn-provider", "pn-prid", "pn-param")}
+    return PushParams(
+        provider=provider,
+        sandbox=sandbox,
+        prid=prid,
+        param=param,
+        raw_provider=raw_provider,
+        extra=extra,
+    )
+
+
+def parse_uri(uri: str) -> PushParams | None:
+    """:func:`parse` applied to a Contact URI string."""
+    return parse(uri_params(uri))
+
+
+def normalise_provider(raw: str) -> tuple[str, bool]:
+    """``apns`` / ``apns.dev`` / ``fcm`` -> (provider, sandbox). Raises PnError otherwise."""
+    value = raw.strip().lower()
+    if value in ("apns", "apns.prod"):
+        return "apns", False
+    if value in ("apns.dev", "apns.sandbox"):
+        return "apns", True
+    if value == "fcm":
+        return "fcm", False
+    if not value:
+        raise PnError("pn-provider", "missing")
+    raise PnError("pn-provider", f"unsupported provider {raw!r}")
+
+
+def _check_apns(prid: str, param: str) -> None:
+    for item in prid.split("&"):
+        tok = item.rsplit(":", 1)[0] if re.search(r":(remote|voip)$", item) else item
+        if not _APNS_TOKEN.match(tok):
+            raise PnError("pn-prid", "APNs device token must be hexadecimal")
+    if not param:
+        raise PnError("pn-param", "missing (APNs needs <TeamID>.<bundle>.voip)")
+    team, dot, rest = param.partition(".")
+    if not dot or not _TEAM.match(team):
+        raise PnError("pn-param", "must start with a 10-character Team ID and a dot")
+    bundle = rest
+    for suffix in (".remote&voip", ".voip&remote", ".voip", ".remote"):
+        if bundle.endswith(suffix):
+            bundle = bundle[: -len(suffix)]
+            break
+    if not _BUNDLE.match(bundle):
+        raise PnError("pn-param", f"invalid bundle ID {bundle!r}")
+
+
+def _check_fcm(prid: str, param: str) -> None:
+    if not _FCM_TOKEN.match(prid):
+        raise PnError("pn-prid", "FCM registration token has invalid characters")
+    if not param:
+        raise PnError("pn-param", "missing (FCM needs the Firebase project ID)")
+    if not _FCM_PROJECT.match(param):
+        raise PnError("pn-param", f"invalid Firebase project ID {param!r}")
