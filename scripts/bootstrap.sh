@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what Pushgate needs on Debian 12, idempotently: Kamailio 5.6 modules,
+# PostgreSQL 15, SIPp, and a Python virtualenv (.venv) for pushd and the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-outbound-modules
+  kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules
+  postgresql-15 postgresql-client-15 sip-tester python3-venv python3-pip
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # Debian's postgresql package would start a cluster on 5432; we never use it.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: creating .venv"
+  /usr/bin/python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
