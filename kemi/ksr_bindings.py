@@ -1,0 +1,47 @@
+"""Read an AoR's bindings out of usrloc (the I/O edge for pushgate.decision)."""
+
+from __future__ import annotations
+
+import KSR
+
+from pushgate import pn_params
+from pushgate.decision import Binding, flow_alive, transport_of
+
+# Name of the contact container filled by reg_fetch_contacts.
+_C = "pg"
+
+
+def _ulc(field: str, i: int) -> str:
+    value = KSR.pv.get(f"$(ulc({_C}=>{field})[{i}])")
+    return "" if value is None else str(value)
+
+
+def fetch(aor: str) -> list[Binding]:
+    """The AoR's current bindings with their live/asleep state (empty if none)."""
+    if KSR.registrar.reg_fetch_contacts("location", aor, _C) < 0:
+        return []
+    try:
+        count = int(KSR.pv.get(f"$(ulc({_C}=>count))") or 0)
+        out = []
+        for i in range(count):
+            uri = _ulc("addr", i)
+            conid = int(_ulc("conid", i) or -1)
+            transport = transport_of(_ulc("socket", i), _ulc("received", i), uri)
+            is_open = conid > 0 and KSR.tcpops.tcp_conid_alive(conid) > 0
+            try:
+                push = pn_params.parse_uri(uri)
+            except pn_params.PnError:
+                push = None  # validated at REGISTER; a stored bad one is simply not pushable
+            out.append(
+                Binding(
+                    ruid=_ulc("ruid", i),
+                    uri=uri,
+                    instance=_ulc("instance", i),
+                    transport=transport,
+                    alive=flow_alive(transport, conid, is_open),
+                    push=push,
+                )
+            )
+        return out
+    finally:
+        KSR.registrar.reg_free_contacts(_C)

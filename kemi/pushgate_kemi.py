@@ -1,0 +1,331 @@
+"""Pushgate routing for Kamailio (app_python3 KEMI).
+
+Request route, in order: reqinit -> cancel -> within-dialog -> REGISTER ->
+local domain lookup (relay / push and hold / 480). Held INVITEs are resumed by
+the wake-up REGISTER, failed by pushd's verdict, or answered 480 at the hold
+deadline by tm's timer. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+import KSR  # noqa: E402
+
+from kemi import ksr_bindings  # noqa: E402
+from pushgate import pn_params, sipmsg, wire  # noqa: E402
+from pushgate.decision import Action, decide  # noqa: E402
+
+# KEMI return codes.
+OK = 1
+# Held transactions: htable "hold", key "<aor>|<index>:<label>", value = deadline.
+HOLD_SEP = "|"
+
+
+def _def(name: str, default: str) -> str:
+    """A cfg #!define value (strings come back with their quotes)."""
+    value = KSR.pv.get(f"$def({name})")
+    return default if value is None else str(value).strip('"')
+
+
+def _log(event: str, **fields: object) -> None:
+    """One timeline line: grep 'pushgate:' in the log."""
+    parts = " ".join(f"{k}={v}" for k, v in fields.items())
+    KSR.info(f"pushgate: t={time.time():.3f} event={event} {parts}\n")
+
+
+def _reply_reason(code: int, reason: str, text: str) -> None:
+    KSR.hdr.append_to_reply(f'Reason: SIP;cause={code};text="{text}"\r\n')
+    KSR.tm.t_reply(code, reason)
+
+
+def mod_init() -> "Pushgate":
+    return Pushgate()
+
+
+class Pushgate:
+    def __init__(self) -> None:
+        self.hold_timeout = int(_def("HOLD_TIMEOUT", "30"))
+        self.domain = _def("SIP_DOMAIN", "pushgate.test")
+        self.secret = _def("PUSHD_SECRET", "")
+        self.reg_auth = _def("REG_AUTH", "1") == "1"
+
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    # ----- request route: a table of contents -----
+    def ksr_request_route(self, msg: object) -> int:
+        if not self.route_reqinit():
+            return OK
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return OK
+        if KSR.siputils.has_totag() > 0:
+            self.route_within_dialog()
+            return OK
+        if KSR.tmx.t_precheck_trans() > 0:
+            KSR.tm.t_check_trans()
+            return OK
+        KSR.tm.t_check_trans()
+        if KSR.is_REGISTER():
+            self.route_register()
+            return OK
+        if KSR.is_OPTIONS() and KSR.corex.has_ruri_user() < 0:
+            KSR.sl.sl_send_reply(200, "OK")
+            return OK
+        if KSR.is_INVITE():
+            KSR.rr.record_route()
+        self.route_location()
+        return OK
+
+    def route_reqinit(self) -> bool:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return False
+        if KSR.sanity.sanity_check(17895, 7) < 0:
+            KSR.set_drop()
+            return False
+        return True
+
+    def route_within_dialog(self) -> None:
+        if KSR.rr.loose_route() > 0:
+            KSR.nathelper.handle_ruri_alias()
+            KSR.tm.t_relay()
+            return
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        KSR.sl.sl_send_reply(404, "Not here")
+
+    # ----- REGISTER -----
+    def route_register(self) -> None:
+        problem = self.check_push_params()
+        if problem is not None:
+            KSR.hdr.append_to_reply(sipmsg.warning(str(problem)) + "\r\n")
+            KSR.sl.sl_send_reply(400, "Bad Push Parameters")
+            _log("register_rejected", aor=self.to_aor(), why=str(problem))
+            return
+        if self.reg_auth:
+            rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
+            if rc < 0:
+                KSR.auth.auth_challenge(self.domain, 0)
+                return
+            KSR.auth.consume_credentials()
+        # Requests to this phone go back over the flow it registered from (NAT, TCP).
+        KSR.nathelper.fix_nated_register()
+        aor = self.to_aor()
+        if KSR.registrar.save("location", 0) < 0:
+            KSR.sl.sl_reply_error()
+            return
+        _log("register_in", aor=aor, src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}", proto=KSR.pv.get("$pr"))
+        self.resume_held(aor)
+
+    def check_push_params(self) -> pn_params.PnError | None:
+        count = int(KSR.pv.get("$hdrc(Contact)") or 0)
+        for i in range(count):
+            value = KSR.hdr.get_idx("Contact", i) or ""
+            for contact in sipmsg.split_header_values(str(value)):
+                if contact == "*":
+                    continue
+                try:
+                    pn_params.parse_uri(sipmsg.contact_uri(contact))
+                except pn_params.PnError as exc:
+                    return exc
+        return None
+
+    def to_aor(self) -> str:
+        return sipmsg.aor_of(str(KSR.pv.get("$tU")), str(KSR.pv.get("$td")))
+
+    def resume_held(self, aor: str) -> None:
+        """Continue every INVITE held for ``aor``: the device that woke has a live flow now."""
+        prefix = aor + HOLD_SEP
+        found: list[str] = []
+        if KSR.htable.sht_iterator_start("hi", "hold") < 0:
+            return
+        try:
+            while KSR.htable.sht_iterator_next("hi") > 0:
+                key = str(KSR.pv.get("$shtitkey(hi)") or "")
+                if key.startswith(prefix):
+                    found.append(key)
+        finally:
+            KSR.htable.sht_iterator_end("hi")
+        for key in found:
+            KSR.htable.sht_rm("hold", key)
+            index, label = (int(x) for x in key[len(prefix):].split(":"))
+            _log("resume", aor=aor, tx=f"{index}:{label}")
+            KSR.tmx.t_continue(index, label, "ksr_route_resume")
+
+    # ----- calls and other requests to local users -----
+    def route_location(self) -> None:
+        if KSR.pv.get("$rd") != self.domain and not KSR.is_myself_ruri():
+            KSR.sl.sl_send_reply(403, "Relaying Forbidden")
+            return
+        aor = sipmsg.aor_of(str(KSR.pv.get("$rU")), self.domain)
+        KSR.pv.sets("$rd", self.domain)
+        if KSR.auth_db.is_subscriber(aor, "subscriber", 3) < 0:
+            KSR.sl.sl_send_reply(404, "Not Found")
+            return
+        bindings = ksr_bindings.fetch(aor)
+        decision = decide(bindings)
+        callid = KSR.pv.get("$ci")
+        _log("request_in", method=KSR.pv.get("$rm"), aor=aor, callid=callid,
+             action=decision.action.value, live=len(decision.relay), push=len(decision.push))
+        if decision.action is Action.UNAVAILABLE:
+            KSR.tm.t_newtran()
+            _reply_reason(480, "Temporarily Unavailable", decision.reason)
+            return
+        if decision.action is Action.RELAY or not KSR.is_INVITE():
+            self.relay_to_bindings()
+            return
+        self.push_and_hold(aor, decision.push)
+
+    def relay_to_bindings(self) -> None:
+        if KSR.registrar.lookup("location") < 0:
+            KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+            return
+        KSR.tm.t_on_failure("ksr_failure_call")
+        KSR.tm.t_on_reply("ksr_reply_call")
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    def push_and_hold(self, aor: str, targets: tuple) -> None:  # type: ignore[type-arg]
+        KSR.tm.t_newtran()
+        if KSR.htable.sht_match_name("pushd", "sw", "c") <= 0:
+            _log("push_unavailable", aor=aor, callid=KSR.pv.get("$ci"))
+            _reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
+            return
+        index = int(KSR.pv.get("$T(id_index)"))
+        label = int(KSR.pv.get("$T(id_label)"))
+        deadline = time.time() + self.hold_timeout
+        tx_key = f"{index}:{label}"
+        # tm's own timer ends the hold: 408 into ksr_failure_held, which answers 480.
+        KSR.tm.t_set_fr(self.hold_timeout * 1000, self.hold_timeout * 1000)
+        KSR.tm.t_on_failure("ksr_failure_held")
+        KSR.htable.sht_seti("hold", aor + HOLD_SEP + tx_key, int(deadline))
+        KSR.htable.sht_seti("pushreq", tx_key, len(targets))
+        if KSR.tmx.t_suspend() < 0:
+            KSR.htable.sht_rm("hold", aor + HOLD_SEP + tx_key)
+            KSR.sl.sl_send_reply(500, "Server Error")
+            return
+        data = {
+            "call_id": str(KSR.pv.get("$ci")),
+            "caller": str(KSR.pv.get("$fu")),
+            "caller_name": str(KSR.pv.get("$fn") or ""),
+            "aor": aor,
+        }
+        for n, b in enumerate(targets):
+            hold_id = wire.HoldId(index=index, label=label, n=n)
+            message = wire.push_message(
+                hold_id=hold_id, kind="call", provider=b.push.raw_provider, prid=b.push.prid,
+                param=b.push.param, aor=aor, ruid=b.ruid, instance=b.instance,
+                deadline=deadline, data=data,
+            )
+            rc = KSR.evapi.relay_multicast(message, "pushd")
+            _log("push_request", aor=aor, callid=data["call_id"], id=hold_id, rc=rc)
+
+    # ----- resumed / failed held transactions (failure-route context) -----
+    def ksr_route_resume(self, msg: object) -> int:
+        KSR.tm.t_set_fr(120000, 30000)
+        _log("invite_relayed", callid=KSR.pv.get("$ci"))
+        if KSR.registrar.lookup("location") < 0:
+            _reply_reason(480, "Temporarily Unavailable", "Device not registered")
+            return OK
+        KSR.tm.t_on_failure("ksr_failure_call")
+        KSR.tm.t_on_reply("ksr_reply_call")
+        KSR.tm.t_relay()
+        return OK
+
+    def ksr_route_push_failed(self, msg: object) -> int:
+        _log("push_failed_reply", callid=KSR.pv.get("$ci"))
+        _reply_reason(480, "Temporarily Unavailable", "Push notification failed")
+        return OK
+
+    def ksr_failure_held(self, msg: object) -> int:
+        if KSR.tm.t_is_canceled() > 0:
+            return OK
+        _log("hold_timeout", callid=KSR.pv.get("$ci"))
+        self.forget_hold()
+        _reply_reason(480, "Temporarily Unavailable", "Device did not wake up")
+        return OK
+
+    def ksr_failure_call(self, msg: object) -> int:
+        return OK
+
+    def forget_hold(self) -> None:
+        tx_key = f"{KSR.pv.get('$T(id_index)')}:{KSR.pv.get('$T(id_label)')}"
+        KSR.htable.sht_rm_name_re("hold", f".*\\|{tx_key}$")
+        KSR.htable.sht_rm("pushreq", tx_key)
+
+    # ----- replies -----
+    def ksr_reply_route(self, msg: object) -> int:
+        return OK
+
+    def ksr_reply_call(self, msg: object) -> int:
+        status = KSR.pv.get("$rs")
+        _log("reply", status=status, method=KSR.pv.get("$rm"), callid=KSR.pv.get("$ci"))
+        # In-dialog requests to the phone must follow its flow, not its Contact address.
+        if KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss") and KSR.hdr.is_present("Contact") > 0:
+            KSR.nathelper.add_contact_alias()
+        return OK
+
+    def ksr_onsend_route(self, msg: object) -> int:
+        return OK
+
+    # ----- pushd channel (evapi) -----
+    def ksr_evapi_event(self, msg: object, evname: str) -> int:
+        conidx = str(KSR.pv.get("$evapi(conidx)"))
+        if evname == "evapi:connection-closed":
+            if KSR.htable.sht_get("pushd", "c" + conidx) is not None:
+                KSR.htable.sht_rm("pushd", "c" + conidx)
+                _log("pushd_disconnected", conidx=conidx)
+            return OK
+        if evname != "evapi:message-received":
+            return OK
+        text = str(KSR.pv.get("$evapi(msg)") or "")
+        try:
+            message = wire.parse_message(text)
+            if message["type"] == "hello":
+                self.on_hello(conidx, message)
+            elif KSR.htable.sht_get("pushd", "c" + conidx) is None:
+                KSR.err("pushgate: message from unauthenticated evapi client, closing\n")
+                KSR.evapi.close()
+            elif message["type"] == "result":
+                self.on_result(wire.parse_result(message))
+        except wire.WireError as exc:
+            KSR.err(f"pushgate: bad message from pushd: {exc}\n")
+        return OK
+
+    def on_hello(self, conidx: str, message: dict) -> None:  # type: ignore[type-arg]
+        given = str(message.get("secret", ""))
+        if not self.secret or not hmac.compare_digest(given.encode(), self.secret.encode()):
+            KSR.err("pushgate: pushd hello with a wrong secret, closing\n")
+            KSR.evapi.close()
+            return
+        KSR.evapi.set_tag("pushd")
+        KSR.htable.sht_seti("pushd", "c" + conidx, 1)
+        KSR.evapi.relay_unicast(wire.control_message("welcome", version=wire.VERSION), "pushd")
+        _log("pushd_connected", conidx=conidx, agent=message.get("agent", "?"))
+
+    def on_result(self, result: wire.Result) -> None:
+        hid = result.hold_id
+        _log("push_result", id=hid, verdict=result.verdict, status=result.status,
+             reason=result.reason, ms=result.ms)
+        if result.verdict == "delete_token" and result.aor and result.ruid:
+            KSR.registrar.unregister_ruid("location", result.aor, result.ruid)
+            _log("binding_removed", aor=result.aor, ruid=result.ruid)
+        if result.verdict == "delivered":
+            return
+        left = KSR.htable.sht_dec("pushreq", hid.tx_key)
+        if left <= 0 and KSR.htable.sht_get("pushreq", hid.tx_key) is not None:
+            KSR.htable.sht_rm("pushreq", hid.tx_key)
+            KSR.htable.sht_rm_name_re("hold", f".*\\|{hid.tx_key}$")
+            KSR.tmx.t_continue(hid.index, hid.label, "ksr_route_push_failed")

@@ -1,0 +1,119 @@
+"""Run the real Kamailio with our kamailio.cfg in the foreground, private rundir and ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from testkit.procs import free_port, port_open, stop, tail, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+KAMAILIO = "/usr/sbin/kamailio"
+
+
+@dataclass
+class Kamailio:
+    """One Kamailio instance. ``defines`` override the cfg's #!trydef values."""
+
+    workdir: Path
+    db_url: str
+    sip_port: int = field(default_factory=free_port)
+    evapi_port: int = field(default_factory=free_port)
+    domain: str = "pushgate.test"
+    secret: str = "test-secret"
+    hold_timeout: int = 30
+    extra: dict[str, str] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "kamailio.log"
+
+    @property
+    def rundir(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def ctl(self) -> str:
+        return f"unix:{self.rundir}/kamailio_ctl"
+
+    def defines(self) -> dict[str, str]:
+        d = {
+            "DBURL": f'"{self.db_url}"',
+            "SIP_DOMAIN": f'"{self.domain}"',
+            "LISTEN_IP": "127.0.0.1",
+            "SIP_PORT": str(self.sip_port),
+            "KEMI_SCRIPT": f'"{REPO / "kemi" / "pushgate_kemi.py"}"',
+            "EVAPI_BIND": f'"127.0.0.1:{self.evapi_port}"',
+            "PUSHD_SECRET": f'"{self.secret}"',
+            "HOLD_TIMEOUT": str(self.hold_timeout),
+            "RUNDIR": f'"{self.rundir}"',
+            "CTL_SOCKET": f'"{self.ctl}"',
+            "SIP_WORKERS": "2",
+            "TCP_WORKERS": "2",
+            "LOG_LEVEL": "2",
+        }
+        d.update(self.extra)
+        return d
+
+    def argv(self, check_only: bool = False) -> list[str]:
+        argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
+        for name, value in self.defines().items():
+            argv += ["-A", f"{name}={value}"]
+        if check_only:
+            return [*argv, "-c"]
+        return [*argv, "-DD", "-E", "-m", "64", "-M", "8"]
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        return subprocess.run(self.argv(check_only=True), capture_output=True, text=True)
+
+    def start(self) -> None:
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        with self.log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, cwd=self.workdir,
+            )
+        try:
+            wait_until(self._ready, 20, "kamailio to listen")
+        except TimeoutError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}\n{tail(self.log)}") from None
+
+    def _ready(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise RuntimeError(f"kamailio exited with {self._proc.returncode}:\n{tail(self.log)}")
+        return port_open(self.sip_port) and port_open(self.evapi_port) and (
+            self.rundir / "kamailio_ctl"
+        ).exists()
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self) -> None:
+        stop(self._proc, timeout=10)
+
+    def kamcmd(self, *args: str) -> str:
+        r = subprocess.run(["kamcmd", "-s", self.ctl, *args], capture_output=True, text=True,
+                           timeout=10)
+        if r.returncode != 0:
+            raise RuntimeError(f"kamcmd {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def timeline(self) -> list[dict[str, str]]:
+        """The ``pushgate:`` event lines of the log, parsed into dicts."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if "pushgate: t=" not in line:
+                continue
+            fields: dict[str, str] = {}
+            for token in line.split("pushgate: ", 1)[1].split():
+                k, _, v = token.partition("=")
+                if v:
+                    fields[k] = v
+            out.append(fields)
+        return out

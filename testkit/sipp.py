@@ -1,0 +1,93 @@
+"""Run SIPp scenarios from tests/scenarios/<name>/ against our Kamailio."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testkit.procs import free_port, stop
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = REPO / "tests" / "scenarios"
+SIPP = "/usr/bin/sipp"
+
+
+def scenario(name: str) -> Path:
+    """The one XML file of a scenario directory."""
+    files = sorted((SCENARIOS / name).glob("*.xml"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"scenario {name}: expected one .xml, found {files}")
+    return files[0]
+
+
+@dataclass
+class SippRun:
+    argv: list[str]
+    proc: subprocess.Popen[bytes]
+    logdir: Path
+    name: str
+    started: float
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop(self.proc)
+            raise TimeoutError(f"sipp {self.name} still running after {timeout}s") from None
+
+    @property
+    def log_file(self) -> Path:
+        return self.logdir / f"{self.name}.log"
+
+    def output(self) -> str:
+        out = self.logdir / f"{self.name}.out"
+        return out.read_text(errors="replace") if out.exists() else ""
+
+    def messages(self) -> str:
+        path = self.logdir / f"{self.name}.msg"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logged(self) -> list[str]:
+        return self.log_file.read_text().splitlines() if self.log_file.exists() else []
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def start(
+    name: str,
+    *,
+    target_port: int,
+    logdir: Path,
+    transport: str = "u1",
+    keys: dict[str, str] | None = None,
+    ooc: str | None = None,
+    auth: tuple[str, str] | None = None,
+    label: str | None = None,
+    calls: int = 1,
+    local_port: int | None = None,
+    pause_ms: int = 0,
+) -> SippRun:
+    """Start SIPp in the background; ``wait()`` returns its exit code (0 = all calls passed)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    label = label or name
+    argv = [
+        SIPP, f"127.0.0.1:{target_port}", "-sf", str(scenario(name)), "-t", transport,
+        "-i", "127.0.0.1", "-p", str(local_port or free_port()), "-m", str(calls),
+        "-nostdin", "-trace_msg", "-message_file", str(logdir / f"{label}.msg"),
+        "-trace_logs", "-log_file", str(logdir / f"{label}.log"),
+        "-trace_err", "-error_file", str(logdir / f"{label}.err"),
+        "-max_recv_loops", "100", "-timeout_error", "-d", str(pause_ms),
+    ]
+    if ooc:
+        argv += ["-oocsf", str(scenario(ooc))]
+    if auth:
+        argv += ["-au", auth[0], "-ap", auth[1]]
+    for k, v in (keys or {}).items():
+        argv += ["-key", k, v]
+    with (logdir / f"{label}.out").open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return SippRun(argv=argv, proc=proc, logdir=logdir, name=label, started=time.monotonic())
