@@ -49,6 +49,27 @@ class SippRun:
         path = self.logdir / f"{self.name}.msg"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def received(self) -> list[str]:
+        """Messages SIPp received, in order (from its -trace_msg file)."""
+        out = []
+        for block in self.messages().split("-----------------------------------------------"):
+            head, _, body = block.partition("message received")
+            if body:
+                out.append(body.split("\n", 2)[-1].strip().replace("\r", ""))
+        return out
+
+    def final_response(self) -> tuple[int, str]:
+        """(status, Reason header value or "") of the last final response received."""
+        for message in reversed(self.received()):
+            first = message.splitlines()[0] if message else ""
+            if first.startswith("SIP/2.0 ") and not first.startswith("SIP/2.0 1"):
+                reason = ""
+                for line in message.splitlines()[1:]:
+                    if line.lower().startswith("reason:"):
+                        reason = line.split(":", 1)[1].strip()
+                return int(first.split()[1]), reason
+        raise AssertionError(f"sipp {self.name}: no final response in the trace")
+
     def logged(self) -> list[str]:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
