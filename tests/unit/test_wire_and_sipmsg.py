@@ -1,0 +1,44 @@
+"""Channel messages between Kamailio and pushd, and SIP header helpers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pushgate import sipmsg, wire
+
+
+def test_push_message_round_trip() -> None:
+    hid = wire.HoldId(index=12, label=345, n=1)
+    text = wire.push_message(hold_id=hid, kind="call", provider="apns", prid="ab", param="T.b.voip",
+                             aor="sip:a@d", ruid="r1", instance="<urn:uuid:1>", deadline=10.12345,
+                             data={"call_id": "c"})
+    msg = json.loads(text)
+    assert msg["type"] == "push" and msg["id"] == "12:345:1" and msg["deadline"] == 10.123
+    assert wire.HoldId.parse(msg["id"]) == hid
+    assert hid.tx_key == "12:345"
+
+
+def test_result_is_validated() -> None:
+    r = wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "delete_token",
+                           "status": 410, "reason": "Unregistered", "aor": "sip:a@d", "ruid": "r"})
+    assert (r.verdict, r.status, r.hold_id.index) == ("delete_token", 410, 1)
+    with pytest.raises(wire.WireError, match="verdict"):
+        wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "retry"})
+    with pytest.raises(wire.WireError, match="id"):
+        wire.parse_result({"type": "result", "id": "x", "verdict": "delivered"})
+    with pytest.raises(wire.WireError, match="JSON"):
+        wire.parse_message("{nope")
+
+
+def test_split_contacts_respects_quotes_and_brackets() -> None:
+    value = '"Doe, J" <sip:a@h;x=1,2>;expires=5, <sip:b@h>, sip:c@h;q=0.5'
+    parts = sipmsg.split_header_values(value)
+    assert len(parts) == 3
+    assert sipmsg.contact_uri(parts[0]) == "sip:a@h;x=1,2"
+    assert sipmsg.contact_uri(parts[2]) == "sip:c@h"
+
+
+def test_warning_header_is_quoted_safely() -> None:
+    assert sipmsg.warning('pn-prid: bad "x"') == "Warning: 399 pushgate \"pn-prid: bad 'x'\""
