@@ -1,0 +1,218 @@
+"""The whole Pushgate stack on loopback, for tests and the demo.
+
+PostgreSQL (throwaway cluster) + Kamailio (our kamailio.cfg) + pushd + fake APNs
+(+ fake FCM). Phones and callers are SIPp scenarios; a phone that gets a push is
+"woken" by starting its re-REGISTER scenario from the fake's push callback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from testkit import sipp
+from testkit.certs import TestPki
+from testkit.fake_apns import FakeApnsThread, PushRecord
+from testkit.kamailio import Kamailio
+from testkit.postgres import PostgresCluster
+from testkit.procs import stop, tail, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+DOMAIN = "pushgate.test"
+TEAM_PARAM_PREFIX = "ABCDE12345"
+
+
+def world_readable_tempdir(prefix: str) -> Path:
+    """A temp dir PostgreSQL's own user can enter (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@dataclass
+class Phone:
+    """A SIPp phone: AoR user, password, push token and instance id."""
+
+    user: str
+    password: str
+    token: str
+    instance: str
+    provider: str = "apns"
+    param: str = f"{TEAM_PARAM_PREFIX}.com.example.app.voip"
+
+    def keys(self) -> dict[str, str]:
+        return {
+            "domain": DOMAIN, "user": self.user, "provider": self.provider, "prid": self.token,
+            "param": self.param, "instance": self.instance, "expires": "600",
+            "contact_transport": "tcp",
+        }
+
+
+class Stack:
+    def __init__(self, root: Path, pg: PostgresCluster, pki: TestPki, *,
+                 hold_timeout: int = 30, secret: str = "test-secret") -> None:
+        self.root = root
+        self.pg = pg
+        self.pki = pki
+        self.logs = root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.kamailio = Kamailio(workdir=root / "kamailio", db_url=pg.url,
+                                 hold_timeout=hold_timeout, secret=secret)
+        self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
+        self.apns: FakeApnsThread | None = None
+        self.pushd_proc: subprocess.Popen[bytes] | None = None
+        self.on_push: dict[str, Callable[[PushRecord], None]] = {}
+        self._push_times: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # ----- lifecycle -----
+    def start(self, *, pushd: bool = True) -> Stack:
+        self.pg.psql("DELETE FROM location; DELETE FROM subscriber")
+        self.apns = FakeApnsThread(self.pki, on_record=self._record).__enter__()
+        self.kamailio.start()
+        if pushd:
+            self.start_pushd()
+        return self
+
+    def stop(self) -> None:
+        self.stop_pushd()
+        self.kamailio.stop()
+        if self.apns is not None:
+            self.apns.__exit__(None, None, None)
+            self.apns = None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- pushd -----
+    def pushd_config(self) -> Path:
+        assert self.apns is not None
+        cfg: dict[str, Any] = {
+            "kamailio": {"evapi": f"127.0.0.1:{self.kamailio.evapi_port}",
+                         "secret": self.kamailio.secret, "reconnect_max_delay": 0.5},
+            "apns": {"auth": "token", "key_file": str(self.pki.apns_key),
+                     "key_id": self.pki.key_id, "team_id": self.pki.team_id,
+                     "environment": "production", "host": "127.0.0.1",
+                     "port": self.apns.port, "ca_file": str(self.pki.ca_cert)},
+            "retry": {"initial_delay": 0.1, "max_delay": 1},
+            "log": {"level": "info"},
+        }
+        path = self.root / "pushd.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    @property
+    def pushd_log(self) -> Path:
+        return self.logs / "pushd.log"
+
+    def start_pushd(self, wait: bool = True) -> None:
+        connected_before = self.count_events("pushd_connected")
+        with self.pushd_log.open("ab") as log:
+            self.pushd_proc = subprocess.Popen(
+                [sys.executable, "-m", "pushd", "--config", str(self.pushd_config())],
+                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        if wait:
+            try:
+                wait_until(lambda: self.count_events("pushd_connected") > connected_before
+                           or self.pushd_proc is None or self.pushd_proc.poll() is not None,
+                           20, "pushd to connect to kamailio")
+            except TimeoutError as exc:
+                raise RuntimeError(f"{exc}\n{tail(self.pushd_log)}") from None
+            if self.pushd_proc.poll() is not None:
+                raise RuntimeError(f"pushd exited:\n{tail(self.pushd_log)}")
+
+    def stop_pushd(self) -> None:
+        if self.pushd_proc is not None:
+            with_cont = self.pushd_proc.poll() is None
+            if with_cont:
+                os.killpg(self.pushd_proc.pid, signal.SIGCONT)
+            stop(self.pushd_proc)
+            self.pushd_proc = None
+
+    def pause_pushd(self) -> None:
+        """SIGSTOP: pushd hangs with its connection open."""
+        assert self.pushd_proc is not None
+        os.killpg(self.pushd_proc.pid, signal.SIGSTOP)
+
+    # ----- subscribers and phones -----
+    def add_subscriber(self, user: str, password: str) -> None:
+        ha1 = hashlib.md5(f"{user}:{DOMAIN}:{password}".encode()).hexdigest()
+        self.pg.psql(
+            "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
+            f"VALUES ('{user}', '{DOMAIN}', '', '{ha1}', '')"
+        )
+
+    def phone(self, user: str, n: int = 1, password: str = "secret1") -> Phone:
+        self.add_subscriber(user, password)
+        token = hashlib.sha256(f"{user}-{n}".encode()).hexdigest()
+        return Phone(user=user, password=password, token=token,
+                     instance=f"00000000-0000-4000-8000-{n:012d}")
+
+    def register(self, phone: Phone, *, keep_open_ms: int = 0, answer: bool = False,
+                 label: str | None = None, password: str | None = None) -> sipp.SippRun:
+        """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after."""
+        return sipp.start(
+            "phone_register", target_port=self.kamailio.sip_port, logdir=self.logs,
+            transport="t1", keys=phone.keys(), auth=(phone.user, password or phone.password),
+            ooc="phone_answer" if answer else None, pause_ms=keep_open_ms,
+            label=label or f"register-{phone.user}-{time.monotonic_ns()}",
+        )
+
+    def register_and_sleep(self, phone: Phone) -> None:
+        run = self.register(phone)
+        rc = run.wait(15)
+        assert rc == 0, f"phone registration failed (rc={rc}):\n{run.output()[-2000:]}"
+
+    def wake_on_push(self, phone: Phone, answer_window_ms: int = 20000) -> list[sipp.SippRun]:
+        """When the fake APNs accepts a push for this phone, start its wake-up REGISTER."""
+        started: list[sipp.SippRun] = []
+
+        def wake(record: PushRecord) -> None:
+            started.append(self.register(phone, keep_open_ms=answer_window_ms, answer=True,
+                                         label=f"wake-{phone.user}"))
+
+        self.on_push[phone.token] = wake
+        return started
+
+    def call(self, callee: str, *, expect_answer: bool, talk_ms: int = 300,
+             label: str = "caller") -> sipp.SippRun:
+        return sipp.start(
+            "caller_call" if expect_answer else "caller_fail",
+            target_port=self.kamailio.sip_port, logdir=self.logs,
+            keys={"domain": DOMAIN, "callee": callee}, pause_ms=talk_ms, label=label,
+        )
+
+    # ----- observations -----
+    def _record(self, record: PushRecord) -> None:
+        with self._lock:
+            self._push_times[record.token] = time.time()
+            handler = self.on_push.get(record.token)
+        if handler is not None and record.status == 200:
+            threading.Thread(target=handler, args=(record,), daemon=True).start()
+
+    def events(self, name: str | None = None) -> list[dict[str, str]]:
+        return [e for e in self.kamailio.timeline() if name is None or e.get("event") == name]
+
+    def count_events(self, name: str) -> int:
+        return len(self.events(name))
+
+    def bindings(self, user: str) -> list[str]:
+        out = self.pg.psql(f"SELECT contact FROM location WHERE username = '{user}'")
+        return [line for line in out.splitlines() if line]
