@@ -166,13 +166,25 @@ class Stack:
                      instance=f"00000000-0000-4000-8000-{n:012d}")
 
     def register(self, phone: Phone, *, keep_open_ms: int = 0, answer: bool = False,
-                 label: str | None = None, password: str | None = None) -> sipp.SippRun:
-        """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after."""
+                 many: bool = False, label: str | None = None,
+                 password: str | None = None) -> sipp.SippRun:
+        """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
+
+        ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call.
+        """
+        ooc = "phone_answer_many" if many else "phone_answer" if answer else None
         return sipp.start(
             "phone_register", target_port=self.kamailio.sip_port, logdir=self.logs,
             transport="t1", keys=phone.keys(), auth=(phone.user, password or phone.password),
-            ooc="phone_answer" if answer else None, pause_ms=keep_open_ms,
+            ooc=ooc, pause_ms=keep_open_ms,
             label=label or f"register-{phone.user}-{time.monotonic_ns()}",
+        )
+
+    def register_without_credentials(self, phone: Phone, **keys: str) -> sipp.SippRun:
+        return sipp.start(
+            "register_noauth", target_port=self.kamailio.sip_port, logdir=self.logs,
+            transport="t1", keys={**phone.keys(), **keys},
+            label=f"noauth-{phone.user}-{time.monotonic_ns()}",
         )
 
     def register_and_sleep(self, phone: Phone) -> None:
@@ -180,13 +192,21 @@ class Stack:
         rc = run.wait(15)
         assert rc == 0, f"phone registration failed (rc={rc}):\n{run.output()[-2000:]}"
 
-    def wake_on_push(self, phone: Phone, answer_window_ms: int = 20000) -> list[sipp.SippRun]:
-        """When the fake APNs accepts a push for this phone, start its wake-up REGISTER."""
+    def wake_on_push(self, phone: Phone, answer_window_ms: int = 20000,
+                     many: bool = False) -> list[sipp.SippRun]:
+        """When the fake APNs accepts a push for this phone, start its wake-up REGISTER.
+
+        A phone already awake (its wake-up SIPp still running) is not woken twice.
+        """
         started: list[sipp.SippRun] = []
 
         def wake(record: PushRecord) -> None:
-            started.append(self.register(phone, keep_open_ms=answer_window_ms, answer=True,
-                                         label=f"wake-{phone.user}"))
+            with self._lock:
+                if started and started[-1].proc.poll() is None:
+                    return
+                started.append(self.register(phone, keep_open_ms=answer_window_ms,
+                                             answer=not many, many=many,
+                                             label=f"wake-{phone.user}-{len(started)}"))
 
         self.on_push[phone.token] = wake
         return started
