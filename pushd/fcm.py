@@ -1,0 +1,292 @@
+"""FCM HTTP v1 provider: one high-priority data message per attempt, via google-auth.
+
+google-auth and requests are synchronous, so every send runs in a small bounded thread
+pool; the event loop never waits on a socket. The dispatcher owns retries and backoff:
+``send`` makes exactly one attempt (plus one replay after an access-token refresh, which
+is part of authenticating, not a retry).
+
+Threads share one Credentials and one requests Session. The Session's urllib3 pool is
+thread-safe; the credentials' refresh is not coordinated by google-auth, so we do it
+under a lock: without it N cold workers fetch N access tokens at once.
+
+We turn off AuthorizedSession's own 401 handling (``refresh_status_codes=()``): FCM uses
+401 both for a stale access token (plain UNAUTHENTICATED, worth one refresh) and for
+THIRD_PARTY_AUTH_ERROR (bad APNs credentials in Firebase, where refreshing twice per push
+would only hammer the token endpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import json
+import logging
+import math
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import google.auth.exceptions
+import google.auth.transport.requests
+import requests
+from google.oauth2 import service_account
+
+from pushd.fcm_errors import classify_fcm, error_code
+from pushd.model import ProviderName, PushRequest, PushResult, Verdict
+
+log = logging.getLogger(__name__)
+
+SCOPE_FCM = "https://www.googleapis.com/auth/firebase.messaging"
+MAX_TTL_SECONDS = 2_419_200  # FCM's ceiling (4 weeks)
+MIN_TIMEOUT = 1.0
+"""Floor for the HTTP timeout: a push whose deadline is (nearly) past still goes out with
+ttl 0s (deliver now or drop), and needs a realistic chance to reach Google."""
+
+
+@dataclass(frozen=True)
+class FcmSettings:
+    """How to reach FCM; built by the config loader."""
+
+    service_account_file: Path
+    token_uri: str | None = None
+    """Overrides the key file's token_uri (tests, egress proxies)."""
+    base_url: str = "https://fcm.googleapis.com"
+    timeout: float = 10.0
+    """Per-attempt HTTP timeout in seconds, further capped by the push deadline."""
+    max_workers: int = 8
+    """Concurrent sends (threads, and pooled HTTP connections)."""
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+
+def ttl_seconds(deadline: float, now: float) -> int:
+    """FCM ttl for a push useless after ``deadline``: rounded down, within 0..4 weeks."""
+    return max(0, min(MAX_TTL_SECONDS, math.floor(deadline - now)))
+
+
+def build_message(request: PushRequest, now: float) -> dict[str, Any]:
+    """The ``messages:send`` body: a data-only message, so the app's own code wakes up."""
+    data = {key: str(value) for key, value in request.data.items()}
+    data["kind"] = request.kind.value
+    android: dict[str, str] = {
+        "priority": "HIGH",  # NORMAL messages may wait for Doze maintenance windows
+        "ttl": f"{ttl_seconds(request.deadline, now)}s",
+    }
+    if request.collapse_id:
+        android["collapse_key"] = request.collapse_id
+    return {"message": {"token": request.token, "data": data, "android": android}}
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from ``now``: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def redact(secret: str | None, keep: int = 8) -> str:
+    """A token shortened for logs: enough to correlate, useless to replay."""
+    if not secret:
+        return "-"
+    return secret[:keep] + "…" if len(secret) > keep else secret
+
+
+def send_url(base_url: str, project_id: str) -> str:
+    project = urllib.parse.quote(project_id, safe="")
+    return f"{base_url.rstrip('/')}/v1/projects/{project}/messages:send"
+
+
+def load_credentials(info: dict[str, Any], token_uri: str | None) -> Any:
+    """Service-account credentials that only ever talk to ``token_uri``."""
+    if token_uri:
+        info = {**info, "token_uri": token_uri}
+    # google-auth is only partly annotated: the no-untyped-call ignores below are for it.
+    creds = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+        info, scopes=[SCOPE_FCM]
+    )
+    # Recent google-auth (seen in 2.62) starts a background "regional access boundary" lookup to
+    # iamcredentials.googleapis.com after each refresh; we need nothing from it, and
+    # offline (or behind an egress allow-list) it only produces retries and warnings.
+    if hasattr(creds, "_is_regional_access_boundary_lookup_required"):
+        creds._is_regional_access_boundary_lookup_required = lambda: False
+    return creds
+
+
+# --- the provider --------------------------------------------------------------------------
+
+
+class FcmProvider:
+    """Sends FCM v1 data messages; ``PushRequest.topic`` is the Firebase project ID."""
+
+    name = ProviderName.FCM
+
+    def __init__(self, settings: FcmSettings) -> None:
+        self._settings = settings
+        info = json.loads(Path(settings.service_account_file).read_text())
+        self._credentials = load_credentials(info, settings.token_uri)
+        self._token_session = requests.Session()
+        self._auth_request = google.auth.transport.requests.Request(self._token_session)
+        self._session = google.auth.transport.requests.AuthorizedSession(  # type: ignore[no-untyped-call]
+            self._credentials, refresh_status_codes=(), auth_request=self._auth_request
+        )
+        # One pooled connection per worker, and no silent urllib3 retries: one attempt.
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=1, pool_maxsize=settings.max_workers, max_retries=0
+        )
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._refresh_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="pushd-fcm")
+        self._hinted: set[str] = set()
+        self._closed = False
+
+    async def send(self, request: PushRequest) -> PushResult:
+        if self._closed:
+            return PushResult(verdict=Verdict.GIVE_UP, reason="FCM provider closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._send_blocking, request)
+        except RuntimeError:  # executor shut down by a concurrent close()
+            return PushResult(verdict=Verdict.GIVE_UP, reason="FCM provider closed")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Waiting for in-flight sends is bounded by their HTTP timeout; do it off-loop.
+        shutdown = functools.partial(self._executor.shutdown, wait=True, cancel_futures=True)
+        await asyncio.get_running_loop().run_in_executor(None, shutdown)
+        self._session.close()  # type: ignore[no-untyped-call]
+        self._token_session.close()
+
+    # worker-thread side
+
+    def _send_blocking(self, request: PushRequest) -> PushResult:
+        now = time.time()
+        timeout = max(MIN_TIMEOUT, min(self._settings.timeout, request.deadline - now))
+        url = send_url(self._settings.base_url, request.topic)
+        body = build_message(request, now)
+        try:
+            self._ensure_token(timeout)
+            response = self._session.post(url, json=body, timeout=timeout)
+            if _is_stale_token(response):
+                # Revoked or expired early: refresh once and replay (google-auth's rule).
+                self._refresh_after_401(_sent_bearer(response), timeout)
+                response = self._session.post(url, json=body, timeout=timeout)
+        except google.auth.exceptions.RefreshError as exc:
+            return self._token_refused(exc)
+        except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
+            log.debug("FCM send to %s: no answer: %r", redact(request.token), exc)
+            return PushResult(verdict=Verdict.RETRY, reason=f"no answer: {type(exc).__name__}")
+        except TimeoutError:
+            return PushResult(verdict=Verdict.RETRY, reason="token refresh busy")
+        return self._result(request, response)
+
+    def _ensure_token(self, timeout: float) -> None:
+        """Fetch an access token if needed, one thread at a time."""
+        if self._credentials.valid:
+            return
+        with self._locked(timeout):
+            if not self._credentials.valid:  # another worker may have just refreshed
+                self._refresh(timeout)
+
+    def _refresh_after_401(self, rejected: str | None, timeout: float) -> None:
+        with self._locked(timeout):
+            # Skip if another worker replaced the rejected token while we waited.
+            if self._credentials.token == rejected or not self._credentials.valid:
+                self._refresh(timeout)
+
+    def _refresh(self, timeout: float) -> None:
+        self._credentials.refresh(functools.partial(self._auth_request, timeout=timeout))
+        log.debug("FCM access token refreshed: %s", redact(self._credentials.token))
+
+    def _locked(self, timeout: float) -> _TimedLock:
+        return _TimedLock(self._refresh_lock, timeout)
+
+    def _result(self, request: PushRequest, response: requests.Response) -> PushResult:
+        body = _json_body(response)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        outcome = classify_fcm(response.status_code, body, retry_after)
+        if outcome.hint:
+            self._hint_once(outcome.reason or "", outcome.hint)
+        name = body.get("name") if body else None
+        log.debug(
+            "FCM send to %s: %s %s",
+            redact(request.token),
+            response.status_code,
+            outcome.reason or "",
+        )
+        return PushResult(
+            verdict=outcome.verdict,
+            status=response.status_code,
+            reason=outcome.reason,
+            retry_after=outcome.retry_after,
+            provider_id=name if isinstance(name, str) else None,
+        )
+
+    def _token_refused(self, exc: google.auth.exceptions.RefreshError) -> PushResult:
+        # google-auth marks 5xx/429 from the token endpoint retryable (after its own retries).
+        if getattr(exc, "retryable", False):
+            return PushResult(verdict=Verdict.RETRY, reason=f"token endpoint: {exc}"[:300])
+        self._hint_once(
+            "token_endpoint",
+            f"the OAuth token endpoint refused the service account ({exc}); check the key "
+            "file, that the key is not deleted, and the clock",
+        )
+        return PushResult(verdict=Verdict.CONFIG_ERROR, reason=f"token endpoint: {exc}"[:300])
+
+    def _hint_once(self, reason: str, hint: str) -> None:
+        """Log each configuration problem once, loudly, instead of once per push."""
+        if reason in self._hinted:
+            return
+        self._hinted.add(reason)
+        log.error("FCM configuration problem (%s): %s", reason, hint)
+
+
+class _TimedLock:
+    """``with lock`` that gives up after ``timeout`` (a hung token fetch must not pile up)."""
+
+    def __init__(self, lock: threading.Lock, timeout: float) -> None:
+        self._lock = lock
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self._timeout):
+            raise TimeoutError("FCM token refresh lock")
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _json_body(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _is_stale_token(response: requests.Response) -> bool:
+    """A plain 401 (no FCM errorCode), i.e. the access token itself was refused."""
+    return response.status_code == 401 and error_code(401, _json_body(response)) in (
+        "UNAUTHENTICATED",
+        "HTTP 401",
+    )
+
+
+def _sent_bearer(response: requests.Response) -> str | None:
+    header = response.request.headers.get("Authorization", "")
+    return header[7:] if header.lower().startswith("bearer ") else None
