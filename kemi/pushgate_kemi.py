@@ -96,6 +96,8 @@ class Pushgate:
         return True
 
     def route_within_dialog(self) -> None:
+        if not KSR.is_ACK():
+            _log("in_dialog", method=KSR.pv.get("$rm"), callid=KSR.pv.get("$ci"))
         if KSR.rr.loose_route() > 0:
             KSR.nathelper.handle_ruri_alias()
             KSR.tm.t_relay()

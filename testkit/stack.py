@@ -227,6 +227,11 @@ class Stack:
         if handler is not None and record.status == 200:
             threading.Thread(target=handler, args=(record,), daemon=True).start()
 
+    def push_wall_time(self, token: str) -> float | None:
+        """Wall-clock time the fake APNs accepted the last push for ``token``."""
+        with self._lock:
+            return self._push_times.get(token)
+
     def events(self, name: str | None = None) -> list[dict[str, str]]:
         return [e for e in self.kamailio.timeline() if name is None or e.get("event") == name]
 

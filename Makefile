@@ -1,0 +1,34 @@
+# Pushgate: the two commands of the README, plus their parts.
+# Both install what they need (Debian packages, .venv) through scripts/bootstrap.sh.
+
+PY := .venv/bin/python
+
+.PHONY: demo test bootstrap lint typecheck unit e2e bench clean
+
+demo: bootstrap
+	$(PY) scripts/demo.py
+
+test: bootstrap lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+lint: bootstrap
+	.venv/bin/ruff check .
+
+typecheck: bootstrap
+	.venv/bin/mypy
+
+unit: bootstrap
+	$(PY) -m pytest -q tests/unit
+
+e2e: bootstrap
+	$(PY) -m pytest -q -m e2e
+
+bench: bootstrap
+	$(PY) -m bench.push_throughput
+	$(PY) -m bench.sip_latency
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache
