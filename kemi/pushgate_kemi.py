@@ -46,7 +46,7 @@ def _reply_reason(code: int, reason: str, text: str) -> None:
     KSR.tm.t_reply(code, reason)
 
 
-def mod_init() -> "Pushgate":
+def mod_init() -> Pushgate:
     return Pushgate()
 
 
@@ -128,7 +128,12 @@ class Pushgate:
         if KSR.registrar.save("location", 0) < 0:
             KSR.sl.sl_reply_error()
             return
-        _log("register_in", aor=aor, src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}", proto=KSR.pv.get("$pr"))
+        _log(
+            "register_in",
+            aor=aor,
+            src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
+            proto=KSR.pv.get("$pr"),
+        )
         self.resume_held(aor)
 
     def check_push_params(self) -> pn_params.PnError | None:
@@ -162,7 +167,7 @@ class Pushgate:
             KSR.htable.sht_iterator_end("hi")
         for key in found:
             KSR.htable.sht_rm("hold", key)
-            index, label = (int(x) for x in key[len(prefix):].split(":"))
+            index, label = (int(x) for x in key[len(prefix) :].split(":"))
             _log("resume", aor=aor, tx=f"{index}:{label}")
             KSR.tmx.t_continue(index, label, "ksr_route_resume")
 
@@ -179,8 +184,15 @@ class Pushgate:
         bindings = ksr_bindings.fetch(aor)
         decision = decide(bindings)
         callid = KSR.pv.get("$ci")
-        _log("request_in", method=KSR.pv.get("$rm"), aor=aor, callid=callid,
-             action=decision.action.value, live=len(decision.relay), push=len(decision.push))
+        _log(
+            "request_in",
+            method=KSR.pv.get("$rm"),
+            aor=aor,
+            callid=callid,
+            action=decision.action.value,
+            live=len(decision.relay),
+            push=len(decision.push),
+        )
         if decision.action is Action.UNAVAILABLE:
             KSR.tm.t_newtran()
             _reply_reason(480, "Temporarily Unavailable", decision.reason)
@@ -227,9 +239,16 @@ class Pushgate:
         for n, b in enumerate(targets):
             hold_id = wire.HoldId(index=index, label=label, n=n)
             message = wire.push_message(
-                hold_id=hold_id, kind="call", provider=b.push.raw_provider, prid=b.push.prid,
-                param=b.push.param, aor=aor, ruid=b.ruid, instance=b.instance,
-                deadline=deadline, data=data,
+                hold_id=hold_id,
+                kind="call",
+                provider=b.push.raw_provider,
+                prid=b.push.prid,
+                param=b.push.param,
+                aor=aor,
+                ruid=b.ruid,
+                instance=b.instance,
+                deadline=deadline,
+                data=data,
             )
             rc = KSR.evapi.relay_multicast(message, "pushd")
             _log("push_request", aor=aor, callid=data["call_id"], id=hold_id, rc=rc)
@@ -319,8 +338,14 @@ class Pushgate:
 
     def on_result(self, result: wire.Result) -> None:
         hid = result.hold_id
-        _log("push_result", id=hid, verdict=result.verdict, status=result.status,
-             reason=result.reason, ms=result.ms)
+        _log(
+            "push_result",
+            id=hid,
+            verdict=result.verdict,
+            status=result.status,
+            reason=result.reason,
+            ms=result.ms,
+        )
         if result.verdict == "delete_token" and result.aor and result.ruid:
             KSR.registrar.unregister_ruid("location", result.aor, result.ruid)
             _log("binding_removed", aor=result.aor, ruid=result.ruid)

@@ -85,7 +85,7 @@ def uri_params(uri: str) -> dict[str, str]:
 
 
 def select_token(prid: str, service: str) -> str:
-    """Pick the token for ``service`` out of ``<tok>:remote&<tok>:voip``; plain prids pass through."""
+    """The token for ``service`` out of ``<tok>:remote&<tok>:voip``; plain prids pass as is."""
     if "&" not in prid and not re.search(r":(remote|voip)$", prid):
         return prid
     tokens: dict[str, str] = {}

@@ -28,8 +28,10 @@ def main() -> int:
         print("starting PostgreSQL, Kamailio, pushd and the fake APNs ...")
         stack.start()
         phone = stack.phone("alice")
-        print(f"phone alice registers over TCP (pn-provider=apns, token {phone.token[:8]}…), "
-              "then closes its connection: asleep")
+        print(
+            f"phone alice registers over TCP (pn-provider=apns, token {phone.token[:8]}…), "
+            "then closes its connection: asleep"
+        )
         stack.register_and_sleep(phone)
         woken = stack.wake_on_push(phone)
         print("bob calls alice ...")
@@ -59,8 +61,9 @@ def print_timeline(stack: Stack) -> None:
         elif name == "push_request":
             rows.append((t, "push requested from pushd (evapi)"))
         elif name == "push_result":
-            rows.append((t, f"pushd verdict {e['verdict']} (APNs {e['status']}, "
-                            f"{e['ms']} ms in pushd)"))
+            rows.append(
+                (t, f"pushd verdict {e['verdict']} (APNs {e['status']}, {e['ms']} ms in pushd)")
+            )
         elif name == "register_in" and e is registers[-1]:
             rows.append((t, f"REGISTER in from woken phone ({e['src']})"))
         elif name == "invite_relayed":
@@ -73,16 +76,25 @@ def print_timeline(stack: Stack) -> None:
     for rec in stack.apns.pushes:
         wall = stack.push_wall_time(rec.token)
         if wall is not None:
-            rows.append((wall, f"push received by APNs stand-in (topic {rec.topic}, "
-                               f"type {rec.push_type}, priority {rec.priority})"))
+            rows.append(
+                (
+                    wall,
+                    f"push received by APNs stand-in (topic {rec.topic}, "
+                    f"type {rec.push_type}, priority {rec.priority})",
+                )
+            )
     print("\ntimeline (ms after INVITE in):")
     for t, text in sorted(rows):
-        print(f"  {1000 * (t - t0):8.1f}  {time.strftime('%H:%M:%S', time.localtime(t))}"
-              f".{int(t * 1000) % 1000:03d}  {text}")
+        print(
+            f"  {1000 * (t - t0):8.1f}  {time.strftime('%H:%M:%S', time.localtime(t))}"
+            f".{int(t * 1000) % 1000:03d}  {text}"
+        )
     relayed = next((float(e["t"]) for e in events if e.get("event") == "invite_relayed"), None)
     if registers and relayed is not None:
-        print(f"\nwake path: REGISTER in -> INVITE relayed "
-              f"{1000 * (relayed - float(registers[-1]['t'])):.1f} ms")
+        print(
+            f"\nwake path: REGISTER in -> INVITE relayed "
+            f"{1000 * (relayed - float(registers[-1]['t'])):.1f} ms"
+        )
     push_at = [stack.push_wall_time(r.token) for r in stack.apns.pushes]
     if push_at and push_at[0] is not None:
         print(f"wake path: INVITE in -> push at APNs {1000 * (push_at[0] - t0):.1f} ms")

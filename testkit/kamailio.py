@@ -75,8 +75,12 @@ class Kamailio:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, cwd=self.workdir,
+                self.argv(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=self.workdir,
             )
         try:
             wait_until(self._ready, 20, "kamailio to listen")
@@ -87,9 +91,11 @@ class Kamailio:
     def _ready(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:
             raise RuntimeError(f"kamailio exited with {self._proc.returncode}:\n{tail(self.log)}")
-        return port_open(self.sip_port) and port_open(self.evapi_port) and (
-            self.rundir / "kamailio_ctl"
-        ).exists()
+        return (
+            port_open(self.sip_port)
+            and port_open(self.evapi_port)
+            and (self.rundir / "kamailio_ctl").exists()
+        )
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -98,8 +104,9 @@ class Kamailio:
         stop(self._proc, timeout=10)
 
     def kamcmd(self, *args: str) -> str:
-        r = subprocess.run(["kamcmd", "-s", self.ctl, *args], capture_output=True, text=True,
-                           timeout=10)
+        r = subprocess.run(
+            ["kamcmd", "-s", self.ctl, *args], capture_output=True, text=True, timeout=10
+        )
         if r.returncode != 0:
             raise RuntimeError(f"kamcmd {' '.join(args)}: {r.stderr.strip()}")
         return r.stdout

@@ -41,7 +41,10 @@ class PostgresCluster:
     @property
     def dsn(self) -> str:
         """libpq / psycopg2 form."""
-        return f"host=127.0.0.1 port={self.port} dbname={DB_NAME} user={DB_USER} password={DB_PASSWORD}"
+        return (
+            f"host=127.0.0.1 port={self.port} dbname={DB_NAME} "
+            f"user={DB_USER} password={DB_PASSWORD}"
+        )
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         if os.geteuid() == 0:
@@ -57,20 +60,46 @@ class PostgresCluster:
         if not self.datadir.exists():
             subprocess.run(
                 self._as_owner(
-                    [str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                     "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+                    [
+                        str(PG_BIN / "initdb"),
+                        "-D",
+                        str(self.datadir),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ]
                 ),
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
         # Logging to a file the cluster owner can write: our own root.
         self._proc = subprocess.Popen(
             self._as_owner(
-                [str(PG_BIN / "postgres"), "-D", str(self.datadir), "-p", str(self.port),
-                 "-k", str(self.root), "-c", "listen_addresses=127.0.0.1",
-                 "-c", "fsync=off", "-c", "full_page_writes=off",
-                 "-c", "synchronous_commit=off"]
+                [
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(self.datadir),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.root),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "synchronous_commit=off",
+                ]
             ),
-            stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("ab"),
+            start_new_session=True,
         )
         try:
             wait_until(self._ready, 30, "postgres to accept connections")
@@ -86,25 +115,45 @@ class PostgresCluster:
         )
         return r.returncode == 0
 
-    def psql(self, sql: str | None = None, *, file: Path | None = None,
-             db: str = DB_NAME, user: str = DB_USER) -> str:
-        argv = ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", user, "-d", db,
-                "-v", "ON_ERROR_STOP=1", "-qAt"]
+    def psql(
+        self,
+        sql: str | None = None,
+        *,
+        file: Path | None = None,
+        db: str = DB_NAME,
+        user: str = DB_USER,
+    ) -> str:
+        argv = [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            user,
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAt",
+        ]
         if file is not None:
             argv += ["-f", str(file)]
         else:
             assert sql is not None
             argv += ["-c", sql]
-        r = subprocess.run(argv, capture_output=True, text=True,
-                           env={**os.environ, "PGPASSWORD": DB_PASSWORD})
+        r = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": DB_PASSWORD}
+        )
         if r.returncode != 0:
             raise RuntimeError(f"psql failed: {r.stderr.strip()}")
         return r.stdout.strip()
 
     def create_schema(self) -> None:
         """Kamailio's own tables (version, location, subscriber, htable) plus ours from sql/."""
-        self.psql(f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'", db="postgres",
-                  user="postgres")
+        self.psql(
+            f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'", db="postgres", user="postgres"
+        )
         self.psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}", db="postgres", user="postgres")
         for name in ("standard", "usrloc", "auth_db"):
             self.psql(file=KAMAILIO_SQL / f"{name}-create.sql")

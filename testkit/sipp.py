@@ -53,7 +53,7 @@ class SippRun:
         """Messages SIPp received, in order (from its -trace_msg file)."""
         out = []
         for block in self.messages().split("-----------------------------------------------"):
-            head, _, body = block.partition("message received")
+            _, _, body = block.partition("message received")
             if body:
                 out.append(body.split("\n", 2)[-1].strip().replace("\r", ""))
         return out
@@ -95,12 +95,33 @@ def start(
     logdir.mkdir(parents=True, exist_ok=True)
     label = label or name
     argv = [
-        SIPP, f"127.0.0.1:{target_port}", "-sf", str(scenario(name)), "-t", transport,
-        "-i", "127.0.0.1", "-p", str(local_port or free_port()), "-m", str(calls),
-        "-nostdin", "-trace_msg", "-message_file", str(logdir / f"{label}.msg"),
-        "-trace_logs", "-log_file", str(logdir / f"{label}.log"),
-        "-trace_err", "-error_file", str(logdir / f"{label}.err"),
-        "-max_recv_loops", "100", "-timeout_error", "-d", str(pause_ms),
+        SIPP,
+        f"127.0.0.1:{target_port}",
+        "-sf",
+        str(scenario(name)),
+        "-t",
+        transport,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(local_port or free_port()),
+        "-m",
+        str(calls),
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+        str(logdir / f"{label}.msg"),
+        "-trace_logs",
+        "-log_file",
+        str(logdir / f"{label}.log"),
+        "-trace_err",
+        "-error_file",
+        str(logdir / f"{label}.err"),
+        "-max_recv_loops",
+        "100",
+        "-timeout_error",
+        "-d",
+        str(pause_ms),
     ]
     if ooc:
         argv += ["-oocsf", str(scenario(ooc))]
@@ -109,6 +130,11 @@ def start(
     for k, v in (keys or {}).items():
         argv += ["-key", k, v]
     with (logdir / f"{label}.out").open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return SippRun(argv=argv, proc=proc, logdir=logdir, name=label, started=time.monotonic())

@@ -54,22 +54,35 @@ class Phone:
 
     def keys(self) -> dict[str, str]:
         return {
-            "domain": DOMAIN, "user": self.user, "provider": self.provider, "prid": self.token,
-            "param": self.param, "instance": self.instance, "expires": "600",
+            "domain": DOMAIN,
+            "user": self.user,
+            "provider": self.provider,
+            "prid": self.token,
+            "param": self.param,
+            "instance": self.instance,
+            "expires": "600",
             "contact_transport": "tcp",
         }
 
 
 class Stack:
-    def __init__(self, root: Path, pg: PostgresCluster, pki: TestPki, *,
-                 hold_timeout: int = 30, secret: str = "test-secret") -> None:
+    def __init__(
+        self,
+        root: Path,
+        pg: PostgresCluster,
+        pki: TestPki,
+        *,
+        hold_timeout: int = 30,
+        secret: str = "test-secret",
+    ) -> None:
         self.root = root
         self.pg = pg
         self.pki = pki
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.kamailio = Kamailio(workdir=root / "kamailio", db_url=pg.url,
-                                 hold_timeout=hold_timeout, secret=secret)
+        self.kamailio = Kamailio(
+            workdir=root / "kamailio", db_url=pg.url, hold_timeout=hold_timeout, secret=secret
+        )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.apns: FakeApnsThread | None = None
         self.pushd_proc: subprocess.Popen[bytes] | None = None
@@ -103,12 +116,21 @@ class Stack:
     def pushd_config(self) -> Path:
         assert self.apns is not None
         cfg: dict[str, Any] = {
-            "kamailio": {"evapi": f"127.0.0.1:{self.kamailio.evapi_port}",
-                         "secret": self.kamailio.secret, "reconnect_max_delay": 0.5},
-            "apns": {"auth": "token", "key_file": str(self.pki.apns_key),
-                     "key_id": self.pki.key_id, "team_id": self.pki.team_id,
-                     "environment": "production", "host": "127.0.0.1",
-                     "port": self.apns.port, "ca_file": str(self.pki.ca_cert)},
+            "kamailio": {
+                "evapi": f"127.0.0.1:{self.kamailio.evapi_port}",
+                "secret": self.kamailio.secret,
+                "reconnect_max_delay": 0.5,
+            },
+            "apns": {
+                "auth": "token",
+                "key_file": str(self.pki.apns_key),
+                "key_id": self.pki.key_id,
+                "team_id": self.pki.team_id,
+                "environment": "production",
+                "host": "127.0.0.1",
+                "port": self.apns.port,
+                "ca_file": str(self.pki.ca_cert),
+            },
             "retry": {"initial_delay": 0.1, "max_delay": 1},
             "log": {"level": "info"},
         }
@@ -125,14 +147,23 @@ class Stack:
         with self.pushd_log.open("ab") as log:
             self.pushd_proc = subprocess.Popen(
                 [sys.executable, "-m", "pushd", "--config", str(self.pushd_config())],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         if wait:
             try:
-                wait_until(lambda: self.count_events("pushd_connected") > connected_before
-                           or self.pushd_proc is None or self.pushd_proc.poll() is not None,
-                           20, "pushd to connect to kamailio")
+                wait_until(
+                    lambda: (
+                        self.count_events("pushd_connected") > connected_before
+                        or self.pushd_proc is None
+                        or self.pushd_proc.poll() is not None
+                    ),
+                    20,
+                    "pushd to connect to kamailio",
+                )
             except TimeoutError as exc:
                 raise RuntimeError(f"{exc}\n{tail(self.pushd_log)}") from None
             if self.pushd_proc.poll() is not None:
@@ -162,28 +193,44 @@ class Stack:
     def phone(self, user: str, n: int = 1, password: str = "secret1") -> Phone:
         self.add_subscriber(user, password)
         token = hashlib.sha256(f"{user}-{n}".encode()).hexdigest()
-        return Phone(user=user, password=password, token=token,
-                     instance=f"00000000-0000-4000-8000-{n:012d}")
+        return Phone(
+            user=user, password=password, token=token, instance=f"00000000-0000-4000-8000-{n:012d}"
+        )
 
-    def register(self, phone: Phone, *, keep_open_ms: int = 0, answer: bool = False,
-                 many: bool = False, label: str | None = None,
-                 password: str | None = None) -> sipp.SippRun:
+    def register(
+        self,
+        phone: Phone,
+        *,
+        keep_open_ms: int = 0,
+        answer: bool = False,
+        many: bool = False,
+        label: str | None = None,
+        password: str | None = None,
+    ) -> sipp.SippRun:
         """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
 
         ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call.
         """
         ooc = "phone_answer_many" if many else "phone_answer" if answer else None
         return sipp.start(
-            "phone_register", target_port=self.kamailio.sip_port, logdir=self.logs,
-            transport="t1", keys=phone.keys(), auth=(phone.user, password or phone.password),
-            ooc=ooc, pause_ms=keep_open_ms,
+            "phone_register",
+            target_port=self.kamailio.sip_port,
+            logdir=self.logs,
+            transport="t1",
+            keys=phone.keys(),
+            auth=(phone.user, password or phone.password),
+            ooc=ooc,
+            pause_ms=keep_open_ms,
             label=label or f"register-{phone.user}-{time.monotonic_ns()}",
         )
 
     def register_without_credentials(self, phone: Phone, **keys: str) -> sipp.SippRun:
         return sipp.start(
-            "register_noauth", target_port=self.kamailio.sip_port, logdir=self.logs,
-            transport="t1", keys={**phone.keys(), **keys},
+            "register_noauth",
+            target_port=self.kamailio.sip_port,
+            logdir=self.logs,
+            transport="t1",
+            keys={**phone.keys(), **keys},
             label=f"noauth-{phone.user}-{time.monotonic_ns()}",
         )
 
@@ -192,8 +239,9 @@ class Stack:
         rc = run.wait(15)
         assert rc == 0, f"phone registration failed (rc={rc}):\n{run.output()[-2000:]}"
 
-    def wake_on_push(self, phone: Phone, answer_window_ms: int = 20000,
-                     many: bool = False) -> list[sipp.SippRun]:
+    def wake_on_push(
+        self, phone: Phone, answer_window_ms: int = 20000, many: bool = False
+    ) -> list[sipp.SippRun]:
         """When the fake APNs accepts a push for this phone, start its wake-up REGISTER.
 
         A phone already awake (its wake-up SIPp still running) is not woken twice.
@@ -204,19 +252,29 @@ class Stack:
             with self._lock:
                 if started and started[-1].proc.poll() is None:
                     return
-                started.append(self.register(phone, keep_open_ms=answer_window_ms,
-                                             answer=not many, many=many,
-                                             label=f"wake-{phone.user}-{len(started)}"))
+                started.append(
+                    self.register(
+                        phone,
+                        keep_open_ms=answer_window_ms,
+                        answer=not many,
+                        many=many,
+                        label=f"wake-{phone.user}-{len(started)}",
+                    )
+                )
 
         self.on_push[phone.token] = wake
         return started
 
-    def call(self, callee: str, *, expect_answer: bool, talk_ms: int = 300,
-             label: str = "caller") -> sipp.SippRun:
+    def call(
+        self, callee: str, *, expect_answer: bool, talk_ms: int = 300, label: str = "caller"
+    ) -> sipp.SippRun:
         return sipp.start(
             "caller_call" if expect_answer else "caller_fail",
-            target_port=self.kamailio.sip_port, logdir=self.logs,
-            keys={"domain": DOMAIN, "callee": callee}, pause_ms=talk_ms, label=label,
+            target_port=self.kamailio.sip_port,
+            logdir=self.logs,
+            keys={"domain": DOMAIN, "callee": callee},
+            pause_ms=talk_ms,
+            label=label,
         )
 
     # ----- observations -----

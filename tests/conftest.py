@@ -30,9 +30,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 @pytest.fixture
-def make_stack(
-    pg: PostgresCluster, pki: TestPki, tmp_path: Path
-) -> Iterator[Callable[..., Stack]]:
+def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """``make_stack(hold_timeout=..., pushd=True)`` starts a stack, stopped after the test."""
     stacks: list[Stack] = []
 

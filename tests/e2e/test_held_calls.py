@@ -68,8 +68,9 @@ def test_hung_pushd_does_not_delay_other_sip_traffic(make_stack: MakeStack) -> N
     for phone in phones:
         stack.register_and_sleep(phone)
     stack.pause_pushd()
-    callers = [stack.call(p.user, expect_answer=False, label=f"held{i}")
-               for i, p in enumerate(phones)]
+    callers = [
+        stack.call(p.user, expect_answer=False, label=f"held{i}") for i, p in enumerate(phones)
+    ]
     time.sleep(0.3)  # let the INVITEs reach Kamailio and be held
     assert stack.count_events("push_request") == 4
     during = options_rtt(stack.kamailio.sip_port, 200)

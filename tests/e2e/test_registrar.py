@@ -60,9 +60,7 @@ def test_outbound_registration_is_answered_with_flow_timer_and_stored_with_push_
     ok = run.received()[-1]
     assert ok.startswith("SIP/2.0 200")
     assert "Require: outbound" in ok and "Flow-Timer: 25" in ok
-    row = stack.pg.psql(
-        "SELECT contact, instance, reg_id FROM location WHERE username = 'alice'"
-    )
+    row = stack.pg.psql("SELECT contact, instance, reg_id FROM location WHERE username = 'alice'")
     assert f"pn-prid={phone.token}" in row and phone.instance in row and row.endswith("|1")
     # Same instance + reg-id from a new connection replaces the binding (RFC 5626 §6).
     assert stack.register(phone).wait(10) == 0

@@ -11,8 +11,14 @@ PUSH = pn_params.parse_uri(
 
 
 def binding(ruid: str, alive: bool, push: bool = True, transport: str = "tcp") -> Binding:
-    return Binding(ruid=ruid, uri=f"sip:{ruid}@h", instance="", transport=transport,
-                   alive=alive, push=PUSH if push else None)
+    return Binding(
+        ruid=ruid,
+        uri=f"sip:{ruid}@h",
+        instance="",
+        transport=transport,
+        alive=alive,
+        push=PUSH if push else None,
+    )
 
 
 def test_live_flow_is_relayed_and_sleeping_ones_listed_for_push() -> None:

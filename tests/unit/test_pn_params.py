@@ -31,7 +31,9 @@ def test_no_push_params_means_none() -> None:
 
 
 def test_fcm_binding() -> None:
-    p = pn_params.parse_uri(uri(pn_provider="fcm", pn_prid="dGVzdA:APA91b-x_y", pn_param="my-proj-1"))
+    p = pn_params.parse_uri(
+        uri(pn_provider="fcm", pn_prid="dGVzdA:APA91b-x_y", pn_param="my-proj-1")
+    )
     assert p is not None and p.provider == "fcm" and p.param == "my-proj-1"
 
 
@@ -64,7 +66,10 @@ def test_linphone_variants_sandbox_and_multi_token() -> None:
         ({"pn_provider": "apns", "pn_prid": TOKEN, "pn_param": "com.example.app.voip"}, "pn-param"),
         ({"pn_provider": "carrier-pigeon", "pn_prid": TOKEN, "pn_param": "x"}, "pn-provider"),
         ({"pn_provider": "fcm", "pn_prid": "tok:en:ok12345"}, "pn-param"),
-        ({"pn_provider": "fcm", "pn_prid": "bad token with spaces", "pn_param": "proj-1"}, "pn-prid"),
+        (
+            {"pn_provider": "fcm", "pn_prid": "bad token with spaces", "pn_param": "proj-1"},
+            "pn-prid",
+        ),
         ({"pn_prid": TOKEN, "pn_param": "ABCDE12345.a.b"}, "pn-provider"),
     ],
 )

@@ -11,9 +11,18 @@ from pushgate import sipmsg, wire
 
 def test_push_message_round_trip() -> None:
     hid = wire.HoldId(index=12, label=345, n=1)
-    text = wire.push_message(hold_id=hid, kind="call", provider="apns", prid="ab", param="T.b.voip",
-                             aor="sip:a@d", ruid="r1", instance="<urn:uuid:1>", deadline=10.12345,
-                             data={"call_id": "c"})
+    text = wire.push_message(
+        hold_id=hid,
+        kind="call",
+        provider="apns",
+        prid="ab",
+        param="T.b.voip",
+        aor="sip:a@d",
+        ruid="r1",
+        instance="<urn:uuid:1>",
+        deadline=10.12345,
+        data={"call_id": "c"},
+    )
     msg = json.loads(text)
     assert msg["type"] == "push" and msg["id"] == "12:345:1" and msg["deadline"] == 10.123
     assert wire.HoldId.parse(msg["id"]) == hid
@@ -21,8 +30,17 @@ def test_push_message_round_trip() -> None:
 
 
 def test_result_is_validated() -> None:
-    r = wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "delete_token",
-                           "status": 410, "reason": "Unregistered", "aor": "sip:a@d", "ruid": "r"})
+    r = wire.parse_result(
+        {
+            "type": "result",
+            "id": "1:2:0",
+            "verdict": "delete_token",
+            "status": 410,
+            "reason": "Unregistered",
+            "aor": "sip:a@d",
+            "ruid": "r",
+        }
+    )
     assert (r.verdict, r.status, r.hold_id.index) == ("delete_token", 410, 1)
     with pytest.raises(wire.WireError, match="verdict"):
         wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "retry"})
