@@ -1,0 +1,344 @@
+"""From a Kamailio ``push`` message to a ``result`` message: validation, retries, verdict.
+
+:func:`build_request` is pure: the raw RFC 8599 values from the Contact become a typed
+:class:`~pushd.model.PushRequest` (token, topic, environment) or a :class:`BadPush`
+naming the field. :class:`Dispatcher` runs one task per push: attempt, and on RETRY
+back off (never sooner than Retry-After) while another attempt can still start before
+the push's deadline. Whatever happens, exactly one ``result`` goes back per push that
+carried an ``id``; RETRY never leaves pushd (it becomes GIVE_UP with the last reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pushd import hints
+from pushd.logs import short_token
+from pushd.metrics import Metrics
+from pushd.model import (
+    Environment,
+    Provider,
+    ProviderName,
+    PushKind,
+    PushRequest,
+    PushResult,
+    Verdict,
+)
+from pushd.retry import RetryPolicy, fits_deadline, next_delay
+from pushgate import pn_params
+
+log = logging.getLogger("pushd.dispatch")
+
+ResultSink = Callable[[dict[str, Any]], None]
+"""Where result messages go (the Kamailio link's queue). Must not block."""
+
+# pn_params names the RFC 8599 parameter; Kamailio's message names the JSON field.
+_PN_FIELD = {"pn-provider": "provider", "pn-prid": "prid", "pn-param": "param"}
+
+
+class BadPush(ValueError):
+    """A push message field is missing or malformed; ``field`` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestDefaults:
+    """What the config decides for requests that do not say it themselves."""
+
+    apns_environment: Environment = Environment.PRODUCTION
+    """Environment for plain ``apns`` (``apns.dev`` always means sandbox)."""
+
+
+def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequest:
+    """Validate one ``push`` message into a request. Raises :class:`BadPush`."""
+    kind = _kind(msg.get("kind"))
+    deadline = msg.get("deadline")
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        raise BadPush("deadline", "missing or not a number (epoch seconds)")
+    data = _data(msg.get("data"))
+    pn = {}
+    for name, fieldname in _PN_FIELD.items():
+        value = msg.get(fieldname)
+        if value is not None and not isinstance(value, str):
+            raise BadPush(fieldname, "must be a string")
+        if value:
+            pn[name] = value
+    try:
+        params = pn_params.parse(pn)
+    except pn_params.PnError as exc:
+        raise BadPush(_PN_FIELD.get(exc.param, exc.param), exc.reason) from exc
+    if params is None:
+        raise BadPush("provider", "missing")
+    if params.provider == ProviderName.APNS:
+        # Calls go to PushKit (VoIP token, <bundle>.voip); the rest are user-visible alerts.
+        service = "voip" if kind == PushKind.CALL else "remote"
+        env = Environment.SANDBOX if params.sandbox else defaults.apns_environment
+        return PushRequest(
+            provider=ProviderName.APNS,
+            token=params.token_for(service),
+            topic=params.apns_topic(service),
+            kind=kind,
+            deadline=float(deadline),
+            data=data,
+            environment=env,
+        )
+    return PushRequest(
+        provider=ProviderName.FCM,
+        token=params.prid,
+        topic=params.param,  # the Firebase project ID
+        kind=kind,
+        deadline=float(deadline),
+        data=data,
+    )
+
+
+def _kind(value: object) -> PushKind:
+    if isinstance(value, str):
+        try:
+            return PushKind(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(k.value for k in PushKind)
+    raise BadPush("kind", f"must be one of {allowed} (got {value!r})")
+
+
+def _data(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise BadPush("data", "must be an object")
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        # FCM rejects non-string data values; catching it here names the culprit.
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise BadPush(f"data.{k}", "values must be strings")
+        out[k] = v
+    return out
+
+
+class Dispatcher:
+    """Runs pushes concurrently (bounded) and reports one result per push."""
+
+    def __init__(
+        self,
+        providers: Mapping[ProviderName, Provider],
+        send_result: ResultSink,
+        *,
+        defaults: RequestDefaults | None = None,
+        policy: RetryPolicy | None = None,
+        metrics: Metrics | None = None,
+        max_in_flight: int = 1000,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._providers = dict(providers)
+        self._send_result = send_result
+        self._defaults = defaults or RequestDefaults()
+        self._policy = policy or RetryPolicy()
+        self.metrics = metrics or Metrics()
+        self._max_in_flight = max_in_flight
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = True
+        self._config_errors_seen: set[tuple[str, str]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, msg: Mapping[str, Any]) -> None:
+        """Start working on one ``push`` message; returns at once, never raises."""
+        started = time.monotonic()
+        if not self._accepting:
+            self._finish(msg, "unknown", _give_up("pushd is stopping"), 0, started)
+            return
+        # A flood must not turn into unbounded tasks: refuse at once instead of queueing,
+        # so Kamailio can fail the call now rather than after the SIP timer.
+        if len(self._tasks) >= self._max_in_flight:
+            reason = f"overloaded: {len(self._tasks)} pushes in flight"
+            self._finish(msg, "unknown", _give_up(reason), 0, started)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(msg, started))
+        self._tasks.add(task)
+        self.metrics.in_flight = len(self._tasks)
+        task.add_done_callback(self._task_done)
+
+    def stop_accepting(self) -> None:
+        """Answer every later push with give_up at once (used while shutting down)."""
+        self._accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for in-flight pushes; True when none is left."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        return not self._tasks
+
+    async def cancel_all(self) -> None:
+        """Cancel what is still running; each cancelled push still reports give_up."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.metrics.in_flight = len(self._tasks)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("push task crashed", exc_info=task.exception())
+
+    async def _run(self, msg: Mapping[str, Any], started: float) -> None:
+        label, attempts = "unknown", 0
+        try:
+            provider_name = _provider_name(msg.get("provider"))
+            if provider_name is not None:
+                label = provider_name.value
+                if provider_name not in self._providers:
+                    # Checked before the token so an unconfigured provider says just that.
+                    result = _give_up(f"provider {label} not configured")
+                    self._finish(msg, label, result, 0, started)
+                    return
+            request = build_request(msg, self._defaults)
+            provider = self._providers[request.provider]
+            result, attempts = await self._attempt_until_deadline(provider, request, msg)
+        except BadPush as exc:
+            result = _give_up(f"bad push: {exc}")
+        except asyncio.CancelledError:
+            self._finish(
+                msg, label, _give_up("pushd stopped before the push completed"), 0, started
+            )
+            raise
+        self._finish(msg, label, result, attempts, started)
+
+    async def _attempt_until_deadline(
+        self, provider: Provider, request: PushRequest, msg: Mapping[str, Any]
+    ) -> tuple[PushResult, int]:
+        attempt = 0
+        last: PushResult | None = None
+        while True:
+            now = self._clock()
+            if now >= request.deadline:
+                if last is None:
+                    return _give_up("deadline passed before the first attempt"), attempt
+                return replace(last, verdict=Verdict.GIVE_UP), attempt
+            attempt += 1
+            result = await self._attempt(provider, request, request.deadline - now)
+            self.metrics.attempts_total.inc(request.provider.value, result.verdict.value)
+            if result.verdict != Verdict.RETRY:
+                return result, attempt
+            last = result
+            delay = next_delay(attempt, result.retry_after, self._policy, self._rng)
+            if not fits_deadline(self._clock(), delay, request.deadline):
+                return replace(result, verdict=Verdict.GIVE_UP), attempt
+            log.debug(
+                "push %s attempt %d: retry in %.3fs (%s)",
+                _id_for_log(msg),
+                attempt,
+                delay,
+                result.reason,
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, provider: Provider, request: PushRequest, budget: float) -> PushResult:
+        try:
+            # A hung provider must not outlive the push: past the deadline it is useless.
+            async with asyncio.timeout(budget):
+                return await provider.send(request)
+        except TimeoutError:
+            return PushResult(verdict=Verdict.RETRY, reason="timeout")
+        except Exception as exc:
+            # Providers promise not to raise; if one does, treat it as transient but say so.
+            log.exception("%s provider raised instead of returning a result", request.provider)
+            return PushResult(verdict=Verdict.RETRY, reason=f"internal error: {exc!r}")
+
+    def _finish(
+        self,
+        msg: Mapping[str, Any],
+        label: str,
+        result: PushResult,
+        attempts: int,
+        started: float,
+    ) -> None:
+        elapsed = time.monotonic() - started
+        verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
+        self.metrics.pushes_total.inc(label, verdict.value)
+        self.metrics.push_seconds.observe(elapsed, label)
+        if verdict == Verdict.CONFIG_ERROR:
+            self._config_error(label, result.reason)
+        log.log(
+            logging.INFO if verdict == Verdict.DELIVERED else logging.WARNING,
+            "push %s %s %s %s: %s status=%s reason=%s attempts=%d %.1fms",
+            _id_for_log(msg),
+            label,
+            msg.get("kind"),
+            short_token(str(msg.get("prid") or "")),
+            verdict.value,
+            result.status,
+            result.reason,
+            attempts,
+            elapsed * 1000,
+        )
+        push_id = msg.get("id")
+        if not isinstance(push_id, str | int) or isinstance(push_id, bool) or push_id == "":
+            log.warning("push without an id: no result can be sent back")
+            return
+        self._send_result(
+            {
+                "type": "result",
+                "id": push_id,
+                "verdict": verdict.value,
+                "status": result.status,
+                "reason": result.reason,
+                "aor": msg.get("aor"),
+                "ruid": msg.get("ruid"),
+                "attempts": attempts,
+                "ms": round(elapsed * 1000, 1),
+            }
+        )
+
+    def _config_error(self, label: str, reason: str | None) -> None:
+        self.metrics.config_errors_total.inc(label, reason or "")
+        key = (label, reason or "")
+        if key in self._config_errors_seen:
+            return
+        self._config_errors_seen.add(key)
+        try:
+            hint = hints.hint(ProviderName(label), reason)
+        except ValueError:
+            hint = "check the pushd config"
+        # Loud once: every later push would repeat it, and the counter keeps the tally.
+        log.error(
+            "CONFIGURATION ERROR from %s: %s -- %s (repeats are counted, not logged)",
+            label,
+            reason,
+            hint,
+        )
+
+
+def _give_up(reason: str) -> PushResult:
+    return PushResult(verdict=Verdict.GIVE_UP, reason=reason)
+
+
+def _provider_name(raw: object) -> ProviderName | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        name, _sandbox = pn_params.normalise_provider(raw)
+    except pn_params.PnError:
+        return None  # build_request will name the problem
+    return ProviderName(name)
+
+
+def _id_for_log(msg: Mapping[str, Any]) -> str:
+    return repr(msg.get("id"))[:80]

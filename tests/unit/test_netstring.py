@@ -1,0 +1,94 @@
+"""Netstring codec: framing, incremental decoding, and every way a stream can be broken."""
+
+from __future__ import annotations
+
+import pytest
+
+from pushd.netstring import MAX_SIZE, Decoder, NetstringError, encode
+
+
+def test_encode_is_compact_json_in_a_netstring() -> None:
+    assert encode({"type": "hello", "n": 1}) == b'22:{"type":"hello","n":1},'
+
+
+def test_encode_counts_bytes_not_characters() -> None:
+    frame = encode({"a": "é"})
+    assert frame == b'10:{"a":"\xc3\xa9"},'
+
+
+def test_roundtrip_of_several_frames_in_one_feed() -> None:
+    msgs = [{"type": "push", "id": str(i), "data": {"k": "v" * i}} for i in range(5)]
+    assert Decoder().feed(b"".join(encode(m) for m in msgs)) == msgs
+
+
+def test_byte_by_byte_feeding() -> None:
+    msg = {"type": "result", "id": "x", "ms": 1.5, "reason": None}
+    frame = encode(msg)
+    dec = Decoder()
+    out = []
+    for i in range(len(frame)):
+        out += dec.feed(frame[i : i + 1])
+    assert out == [msg]
+    assert dec.buffered == 0
+
+
+def test_partial_frame_is_kept_for_the_next_feed() -> None:
+    dec = Decoder()
+    frame = encode({"a": "b"})
+    assert dec.feed(frame + frame[:5]) == [{"a": "b"}]
+    assert dec.buffered == 5
+    assert dec.feed(frame[5:]) == [{"a": "b"}]
+
+
+def test_frame_of_exactly_max_size_is_accepted() -> None:
+    payload = b'{"a":"' + b"x" * (MAX_SIZE - 8) + b'"}'
+    assert len(payload) == MAX_SIZE
+    assert Decoder().feed(b"%d:%s," % (len(payload), payload)) == [{"a": "x" * (MAX_SIZE - 8)}]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"abc:{},", "bad netstring length prefix"),
+        (b"x", "bad netstring length prefix"),
+        (b":{},", "bad netstring length prefix"),
+        (b"-1:{},", "bad netstring length prefix"),
+        (b"02:{},", "leading zero"),
+        (b"2:{};", "terminator is b';'"),
+        (b"%d:" % (MAX_SIZE + 1), "exceeds the 65536 byte limit"),
+        (b"9999999", "exceeds the 65536 byte limit"),
+        (b"4:null,", "JSON NoneType, not an object"),
+        (b"2:[],", "JSON list, not an object"),
+        (b"3:{x},", "not UTF-8 JSON"),
+        (b"2:\xff\xfe,", "not UTF-8 JSON"),
+    ],
+)
+def test_malformed_streams_raise_clear_errors(data: bytes, words: str) -> None:
+    with pytest.raises(NetstringError) as info:
+        Decoder().feed(data)
+    assert words in str(info.value)
+
+
+def test_oversized_length_is_refused_before_the_payload_arrives() -> None:
+    with pytest.raises(NetstringError):
+        Decoder().feed(b"70000:")
+
+
+def test_decoder_stays_broken_after_an_error() -> None:
+    dec = Decoder()
+    with pytest.raises(NetstringError):
+        dec.feed(b"2:{};")
+    with pytest.raises(NetstringError):
+        dec.feed(encode({"a": "b"}))
+
+
+def test_encode_refuses_oversized_messages() -> None:
+    with pytest.raises(NetstringError, match="exceeds"):
+        encode({"a": "x" * MAX_SIZE})
+
+
+def test_custom_max_size() -> None:
+    dec = Decoder(max_size=10)
+    assert dec.feed(b"2:{},") == [{}]
+    with pytest.raises(NetstringError, match="exceeds the 10 byte limit"):
+        dec.feed(b"11:")
