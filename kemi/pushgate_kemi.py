@@ -20,7 +20,7 @@ if _REPO not in sys.path:
 import KSR  # noqa: E402
 
 from kemi import ksr_bindings  # noqa: E402
-from pushgate import pn_params, sipmsg, wire  # noqa: E402
+from pushgate import registration, sipmsg, wire  # noqa: E402
 from pushgate.decision import Action, decide  # noqa: E402
 
 # KEMI return codes.
@@ -56,6 +56,8 @@ class Pushgate:
         self.domain = _def("SIP_DOMAIN", "pushgate.test")
         self.secret = _def("PUSHD_SECRET", "")
         self.reg_auth = _def("REG_AUTH", "1") == "1"
+        self.providers = frozenset(_def("PN_PROVIDERS", "apns,fcm").split(","))
+        self.pn_min_expires = int(_def("PN_MIN_EXPIRES", "150"))
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -110,11 +112,18 @@ class Pushgate:
 
     # ----- REGISTER -----
     def route_register(self) -> None:
-        problem = self.check_push_params()
-        if problem is not None:
-            KSR.hdr.append_to_reply(sipmsg.warning(str(problem)) + "\r\n")
-            KSR.sl.sl_send_reply(400, "Bad Push Parameters")
-            _log("register_rejected", aor=self.to_aor(), why=str(problem))
+        check = self.check_register()
+        if check.status != 200:
+            for header in check.extra_headers:
+                KSR.hdr.append_to_reply(header + "\r\n")
+            KSR.hdr.append_to_reply(sipmsg.warning(check.warning) + "\r\n")
+            KSR.sl.sl_send_reply(check.status, check.reason)
+            _log(
+                "register_rejected",
+                aor=self.to_aor(),
+                status=check.status,
+                why=check.warning.replace(" ", "_"),
+            )
             return
         if self.reg_auth:
             rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
@@ -125,6 +134,8 @@ class Pushgate:
         # Requests to this phone go back over the flow it registered from (NAT, TCP).
         KSR.nathelper.fix_nated_register()
         aor = self.to_aor()
+        for header in check.extra_headers:
+            KSR.hdr.append_to_reply(header + "\r\n")
         if KSR.registrar.save("location", 0) < 0:
             KSR.sl.sl_reply_error()
             return
@@ -136,18 +147,19 @@ class Pushgate:
         )
         self.resume_held(aor)
 
-    def check_push_params(self) -> pn_params.PnError | None:
-        count = int(KSR.pv.get("$hdrc(Contact)") or 0)
-        for i in range(count):
-            value = KSR.hdr.get_idx("Contact", i) or ""
-            for contact in sipmsg.split_header_values(str(value)):
-                if contact == "*":
-                    continue
-                try:
-                    pn_params.parse_uri(sipmsg.contact_uri(contact))
-                except pn_params.PnError as exc:
-                    return exc
-        return None
+    def check_register(self) -> registration.RegisterCheck:
+        contacts: list[str] = []
+        for i in range(int(KSR.pv.get("$hdrc(Contact)") or 0)):
+            contacts += sipmsg.split_header_values(str(KSR.hdr.get_idx("Contact", i) or ""))
+        expires = KSR.pv.get("$hdr(Expires)")
+        caps = str(KSR.pv.get("$hdr(Feature-Caps)") or "")
+        return registration.check_register(
+            contacts,
+            expires_header=int(expires) if str(expires or "").strip().isdigit() else None,
+            already_has_pns="sip.pns" in caps,
+            served=self.providers,
+            min_expires=self.pn_min_expires,
+        )
 
     def to_aor(self) -> str:
         return sipmsg.aor_of(str(KSR.pv.get("$tU")), str(KSR.pv.get("$td")))

@@ -60,6 +60,7 @@ def test_outbound_registration_is_answered_with_flow_timer_and_stored_with_push_
     ok = run.received()[-1]
     assert ok.startswith("SIP/2.0 200")
     assert "Require: outbound" in ok and "Flow-Timer: 25" in ok
+    assert 'Feature-Caps: *;+sip.pns="apns"' in ok
     row = stack.pg.psql("SELECT contact, instance, reg_id FROM location WHERE username = 'alice'")
     assert f"pn-prid={phone.token}" in row and phone.instance in row and row.endswith("|1")
     # Same instance + reg-id from a new connection replaces the binding (RFC 5626 §6).
@@ -85,3 +86,22 @@ def test_kamailio_cfg_passes_the_syntax_check(make_stack: MakeStack) -> None:
     stack = make_stack(pushd=False)
     result = stack.kamailio.check()
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "status", "header"),
+    [
+        ({"provider": "webpush"}, 555, 'Warning: 399 pushgate "pn-provider'),
+        ({"expires": "30"}, 423, "Min-Expires: 150"),
+    ],
+)
+def test_unserved_provider_and_too_short_expiry_are_refused(
+    make_stack: MakeStack, keys: dict[str, str], status: int, header: str
+) -> None:
+    stack = make_stack(pushd=False)
+    phone = stack.phone("alice")
+    run = stack.register_without_credentials(phone, **keys)
+    assert run.wait(10) == 0, run.output()[-2000:]
+    assert run.final_response()[0] == status
+    assert header in run.received()[-1]
+    assert stack.bindings("alice") == []

@@ -1,0 +1,76 @@
+"""RFC 8599 registrar rules: Feature-Caps, 555, 400, 423, capability query."""
+
+from __future__ import annotations
+
+from pushgate.registration import RegisterCheck, check_register
+
+SERVED = frozenset({"apns", "fcm"})
+TOKEN = "ab" * 32
+
+
+def contact(params: str, tail: str = "") -> str:
+    return f"<sip:alice@192.0.2.1:5060;transport=tcp;ob{params}>{tail}"
+
+
+APNS = f";pn-provider=apns;pn-prid={TOKEN};pn-param=ABCDE12345.com.example.app.voip"
+
+
+def check(*contacts: str, expires: int | None = 600, has_pns: bool = False) -> RegisterCheck:
+    return check_register(
+        list(contacts),
+        expires_header=expires,
+        already_has_pns=has_pns,
+        served=SERVED,
+        min_expires=150,
+    )
+
+
+def test_push_binding_gets_feature_caps() -> None:
+    r = check(contact(APNS))
+    assert r.status == 200
+    assert r.extra_headers == ('Feature-Caps: *;+sip.pns="apns"',)
+
+
+def test_pnsreg_offered_by_the_ua_is_answered_with_a_value_over_120() -> None:
+    r = check(contact(APNS, ';+sip.instance="<urn:uuid:1>";+sip.pnsreg'))
+    assert r.extra_headers == ('Feature-Caps: *;+sip.pns="apns";+sip.pnsreg="121"',)
+
+
+def test_another_proxy_already_handles_push() -> None:
+    assert check(contact(APNS), has_pns=True).extra_headers == ()
+
+
+def test_unserved_provider_is_555() -> None:
+    r = check(contact(f";pn-provider=webpush;pn-prid={TOKEN};pn-param=x"))
+    assert r.status == 555 and "webpush" in r.warning
+
+
+def test_malformed_params_are_400_naming_the_param() -> None:
+    r = check(contact(";pn-provider=apns;pn-prid=zz;pn-param=ABCDE12345.a.b"))
+    assert r.status == 400 and r.warning.startswith("pn-prid")
+
+
+def test_too_short_expiry_is_423_with_min_expires() -> None:
+    r = check(contact(APNS, ";expires=60"))
+    assert r.status == 423
+    assert "Min-Expires: 150" in r.extra_headers
+    assert check(contact(APNS), expires=60).status == 423
+
+
+def test_removal_is_never_refused_and_gets_no_feature_caps() -> None:
+    r = check(contact(APNS, ";expires=0"))
+    assert r.status == 200 and r.extra_headers == ()
+    assert check("*", expires=0).status == 200
+
+
+def test_capability_query_lists_what_we_serve() -> None:
+    r = check(contact(";pn-provider="))
+    assert set(r.extra_headers) == {
+        'Feature-Caps: *;+sip.pns="apns"',
+        'Feature-Caps: *;+sip.pns="fcm"',
+    }
+
+
+def test_unknown_extra_pn_params_are_kept_not_rejected() -> None:
+    r = check(contact(APNS + ";pn-silent=1;pn-timeout=0;pn-msg-str=IM_MSG"))
+    assert r.status == 200
