@@ -52,6 +52,7 @@ class KamailioLink:
         reconnect_max_delay: float = 5.0,
         queue_size: int = 10000,
         connect_timeout: float = 5.0,
+        welcome_timeout: float = 2.0,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -69,6 +70,7 @@ class KamailioLink:
         self._queue: deque[dict[str, Any]] = deque()
         self._queue_size = queue_size
         self._connect_timeout = connect_timeout
+        self._welcome_timeout = welcome_timeout
         self._metrics = metrics or Metrics()
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
@@ -237,6 +239,18 @@ class KamailioLink:
     async def _write_loop(self, writer: asyncio.StreamWriter) -> str:
         try:
             await writer.drain()  # the hello
+            try:
+                async with asyncio.timeout(self._welcome_timeout):
+                    await self._welcomed.wait()
+            except TimeoutError:
+                # Kamailio closes a connection with a bad secret at once; one still open is
+                # accepted, its welcome was just sent elsewhere (evapi unicasts by tag).
+                log.warning(
+                    "no welcome from kamailio %s within %gs; assuming the hello was accepted",
+                    self.address,
+                    self._welcome_timeout,
+                )
+                self._authenticate()
             while True:
                 if self._welcomed.is_set() and self._queue:
                     while self._queue:

@@ -336,3 +336,23 @@ def test_unreadable_secret_is_retried_not_fatal(caplog: pytest.LogCaptureFixture
     with caplog.at_level(logging.WARNING, logger="pushd.link"):
         run(scenario)
     assert len([r for r in caplog.records if "evapi secret" in r.getMessage()]) == 1
+
+
+def test_missing_welcome_on_an_open_connection_is_assumed_after_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        server = await FakeEvapi(welcome=False).start()
+        link, _ = make_link(server.port, welcome_timeout=0.2)
+        link.send_result({"type": "result", "id": "r"})
+        task = asyncio.create_task(link.run())
+        started = time.monotonic()
+        assert (await server.next())[1]["type"] == "hello"
+        assert (await server.next())[1]["id"] == "r"
+        assert time.monotonic() - started >= 0.2
+        await stopped(link, task)
+        await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pushd.link"):
+        run(scenario)
+    assert "no welcome" in caplog.text
