@@ -1,0 +1,343 @@
+"""The real ApnsProvider (and aioapns) against the fake APNs over TLS on 127.0.0.1.
+
+The fake runs in its own thread and loop; each test drives the provider with asyncio.run.
+Every test uses its own device token, so the fake's records are easy to tell apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.model import Environment, ProviderName, PushKind, PushRequest, PushResult, Verdict
+from testkit.certs import TestPki, make_test_pki
+from testkit.fake_apns import FakeApnsThread
+
+pytestmark = pytest.mark.integration
+
+BUNDLE = "com.example.app"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return make_test_pki(tmp_path_factory.mktemp("pki"), bundle=BUNDLE)
+
+
+@pytest.fixture
+def apns(pki: TestPki) -> Iterator[FakeApnsThread]:
+    with FakeApnsThread(pki) as fake:
+        yield fake
+
+
+def token(n: int) -> str:
+    return f"{n:02x}" * 32
+
+
+def token_settings(pki: TestPki, port: int, **overrides: Any) -> ApnsSettings:
+    base = ApnsSettings(
+        auth="token",
+        key_file=pki.apns_key,
+        key_id=pki.key_id,
+        team_id=pki.team_id,
+        cert_file=None,
+        default_environment=Environment.PRODUCTION,
+        host="localhost",
+        port=port,
+        ca_file=pki.ca_cert,
+        timeout=5.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def push(
+    tok: str,
+    kind: PushKind = PushKind.CALL,
+    *,
+    topic: str = f"{BUNDLE}.voip",
+    ttl: float = 30.0,
+    **kwargs: Any,
+) -> PushRequest:
+    return PushRequest(
+        provider=ProviderName.APNS,
+        token=tok,
+        topic=topic,
+        kind=kind,
+        deadline=time.time() + ttl,
+        **kwargs,
+    )
+
+
+def send(
+    settings: ApnsSettings,
+    *requests: PushRequest,
+    pause: float = 0.0,
+    clock: Callable[[], float] = time.time,
+) -> list[PushResult]:
+    """Send ``requests`` one after the other through one provider, ``pause`` s apart."""
+
+    async def run() -> list[PushResult]:
+        provider = ApnsProvider(settings, clock=clock)
+        results = []
+        try:
+            for i, request in enumerate(requests):
+                if i and pause:
+                    await asyncio.sleep(pause)
+                results.append(await provider.send(request))
+        finally:
+            await provider.close()
+        return results
+
+    return asyncio.run(run())
+
+
+def test_token_auth_voip_push_reaches_apns_as_apple_wants_it(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    tok = token(1)
+    request = push(tok, data={"call_id": "c-1", "caller": "sip:bob@example.com"}, collapse_id="c-1")
+
+    [result] = send(token_settings(pki, apns.port), request)
+
+    assert result.verdict is Verdict.DELIVERED
+    assert result.status == 200
+    [seen] = apns.pushes_for(tok)
+    assert result.provider_id == seen.apns_id
+    assert seen.auth == "token"
+    assert seen.topic == f"{BUNDLE}.voip"
+    assert seen.push_type == "voip"
+    assert seen.priority == 10
+    assert seen.expiration is not None
+    assert abs(seen.expiration - int(request.deadline)) <= 1
+    assert seen.collapse_id == "c-1"
+    assert seen.payload == {"aps": {}, "call_id": "c-1", "caller": "sip:bob@example.com"}
+
+
+def test_alert_and_background_pushes_get_their_topic_type_and_priority(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    tok = token(2)
+    missed = push(tok, PushKind.MISSED, topic=f"{BUNDLE}.voip", data={"body": "Bob called"})
+    refresh = push(tok, PushKind.REFRESH, topic=BUNDLE)
+
+    results = send(token_settings(pki, apns.port), missed, refresh)
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED, Verdict.DELIVERED]
+    alert, background = apns.pushes_for(tok)
+    assert (alert.topic, alert.push_type, alert.priority) == (BUNDLE, "alert", 10)
+    assert alert.payload == {"aps": {"alert": {"body": "Bob called"}, "sound": "default"}}
+    assert (background.topic, background.push_type, background.priority) == (
+        BUNDLE,
+        "background",
+        5,
+    )
+    assert background.payload == {"aps": {"content-available": 1}}
+
+
+def test_certificate_auth_sends_without_jwt(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(3)
+    settings = token_settings(
+        pki, apns.port, auth="certificate", cert_file=pki.client_cert, key_file=None
+    )
+
+    [result] = send(settings, push(tok))
+
+    assert result.verdict is Verdict.DELIVERED
+    [seen] = apns.pushes_for(tok)
+    assert seen.auth == "certificate"
+    assert seen.jwt is None
+    assert seen.topic == f"{BUNDLE}.voip"
+
+
+def test_unregistered_token_is_deleted(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(4)
+    apns.script(tok, 410, "Unregistered")
+
+    [result] = send(token_settings(pki, apns.port), push(tok))
+
+    assert (result.verdict, result.status, result.reason) == (
+        Verdict.DELETE_TOKEN,
+        410,
+        "Unregistered",
+    )
+
+
+def test_throttling_is_retried_after_the_servers_delay(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(5)
+    apns.script(tok, 429, "TooManyRequests", times=1, retry_after=7)
+
+    [result] = send(token_settings(pki, apns.port), push(tok))
+
+    assert (result.verdict, result.status, result.retry_after) == (Verdict.RETRY, 429, 7.0)
+
+
+def test_unavailable_then_success(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(6)
+    apns.script(tok, 503, "ServiceUnavailable", times=1)
+
+    first, second = send(token_settings(pki, apns.port), push(tok), push(tok))
+
+    assert (first.verdict, first.status) == (Verdict.RETRY, 503)
+    assert (second.verdict, second.status) == (Verdict.DELIVERED, 200)
+
+
+def test_one_jwt_across_idle_reconnects_and_environments(pki: TestPki) -> None:
+    tok = token(7)
+    with FakeApnsThread(pki, idle_timeout=0.15) as apns:
+        requests = [
+            push(tok),
+            push(tok),
+            push(tok, environment=Environment.SANDBOX),
+            push(tok),
+        ]
+        results = send(token_settings(pki, apns.port), *requests, pause=0.4)
+
+        assert all(r.verdict is Verdict.DELIVERED for r in results)
+        assert apns.connections_opened >= 4
+        assert len({p.connection for p in apns.pushes}) == 4
+        assert len(apns.distinct_jwts) == 1
+
+
+def test_expired_provider_token_is_reminted_once(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(8)
+    apns.script(tok, 403, "ExpiredProviderToken", times=1)
+
+    first, second, third = send(token_settings(pki, apns.port), push(tok), push(tok), push(tok))
+
+    assert (first.verdict, first.reason) == (Verdict.RETRY, "ExpiredProviderToken")
+    assert second.verdict is Verdict.DELIVERED and third.verdict is Verdict.DELIVERED
+    jwts = [p.jwt for p in apns.pushes_for(tok)]
+    assert jwts[0] != jwts[1]
+    assert jwts[1] == jwts[2]  # no churn once the new token works
+    assert len(apns.distinct_jwts) == 2
+
+
+def test_a_really_old_jwt_is_refused_and_retried(pki: TestPki, apns: FakeApnsThread) -> None:
+    def two_hours_ago() -> float:
+        return time.time() - 7200
+
+    [result] = send(token_settings(pki, apns.port), push(token(9)), clock=two_hours_ago)
+
+    assert (result.verdict, result.status, result.reason) == (
+        Verdict.RETRY,
+        403,
+        "ExpiredProviderToken",
+    )
+    [seen] = apns.pushes
+    assert seen.jwt is not None
+    assert jwt.decode(seen.jwt, options={"verify_signature": False})["iat"] < time.time() - 7000
+
+
+def test_unknown_key_id_is_a_config_error(pki: TestPki, apns: FakeApnsThread) -> None:
+    [result] = send(token_settings(pki, apns.port, key_id="WRONGKEY01"), push(token(10)))
+
+    assert (result.verdict, result.status, result.reason) == (
+        Verdict.CONFIG_ERROR,
+        403,
+        "InvalidProviderToken",
+    )
+
+
+def test_a_slow_answer_times_out_and_the_connection_survives_it(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    tok = token(11)
+    apns.script(tok, 200, times=1, delay=0.6)
+    settings = token_settings(pki, apns.port, timeout=0.2)
+
+    async def run() -> tuple[PushResult, float, PushResult]:
+        provider = ApnsProvider(settings)
+        started = time.monotonic()
+        slow = await provider.send(push(tok))
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.8)  # the late answer arrives on the open connection
+        after = await provider.send(push(tok))
+        await provider.close()
+        return slow, elapsed, after
+
+    slow, elapsed, after = asyncio.run(run())
+
+    assert slow.verdict is Verdict.RETRY and slow.status is None
+    assert slow.reason is not None and "no answer" in slow.reason
+    assert elapsed < 0.5
+    assert after.verdict is Verdict.DELIVERED
+    assert apns.connections_opened == 1  # the late answer did not kill the connection
+
+
+def test_server_down_is_a_quick_retry(pki: TestPki) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    started = time.monotonic()
+    [result] = send(token_settings(pki, port), push(token(12)))
+
+    assert result.verdict is Verdict.RETRY
+    assert result.status is None
+    assert result.reason is not None and "cannot connect" in result.reason
+    assert time.monotonic() - started < 3.0
+
+
+def test_past_deadline_is_not_sent(pki: TestPki, apns: FakeApnsThread) -> None:
+    [result] = send(token_settings(pki, apns.port), push(token(13), ttl=-1))
+
+    assert result.verdict is Verdict.GIVE_UP
+    assert apns.pushes == []
+
+
+def test_200_concurrent_sends(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(14)
+    settings = token_settings(pki, apns.port)
+
+    async def run() -> list[PushResult]:
+        provider = ApnsProvider(settings)
+        try:
+            return await asyncio.gather(*(provider.send(push(tok)) for _ in range(200)))
+        finally:
+            await provider.close()
+
+    started = time.monotonic()
+    results = asyncio.run(run())
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 200
+    assert len(apns.pushes_for(tok)) == 200
+    assert len({r.provider_id for r in results}) == 200
+    assert len(apns.distinct_jwts) == 1
+    assert apns.connections_opened <= settings.max_connections
+    assert apns.stream_limit_violations == 0
+    assert time.monotonic() - started < 5.0
+
+
+def test_logs_hold_no_jwt_and_no_full_token(
+    pki: TestPki, apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    tok = token(15)
+    apns.script(tok, 400, "DeviceTokenNotForTopic", times=1)
+    caplog.set_level(logging.DEBUG)
+
+    send(token_settings(pki, apns.port), push(tok), push(tok))
+
+    jwts = apns.distinct_jwts
+    assert jwts
+    assert tok not in caplog.text
+    assert f"{tok[:8]}…" in caplog.text
+    assert all(j not in caplog.text for j in jwts)
+    assert pki.apns_key.read_text().splitlines()[1] not in caplog.text
+    assert "check the bundle in pn-param" in caplog.text  # the operator hint
+
+
+def test_bad_ca_file_fails_at_construction(pki: TestPki, tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+
+    with pytest.raises(OSError):  # ssl.SSLError is an OSError
+        ApnsProvider(token_settings(pki, 443, ca_file=bogus))
