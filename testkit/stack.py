@@ -25,6 +25,7 @@ import yaml
 from testkit import sipp
 from testkit.certs import TestPki
 from testkit.fake_apns import FakeApnsThread, PushRecord
+from testkit.fake_fcm import FakeFcm, FcmRecord
 from testkit.kamailio import Kamailio
 from testkit.postgres import PostgresCluster
 from testkit.procs import stop, tail, wait_until
@@ -32,6 +33,7 @@ from testkit.procs import stop, tail, wait_until
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "pushgate.test"
 TEAM_PARAM_PREFIX = "ABCDE12345"
+FCM_PROJECT = "pushgate-test"
 
 
 def world_readable_tempdir(prefix: str) -> Path:
@@ -85,8 +87,11 @@ class Stack:
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.apns: FakeApnsThread | None = None
+        self.fcm: FakeFcm | None = None
+        self._fcm_seen = 0
+        self._stopping = threading.Event()
         self.pushd_proc: subprocess.Popen[bytes] | None = None
-        self.on_push: dict[str, Callable[[PushRecord], None]] = {}
+        self.on_push: dict[str, Callable[[PushRecord | FcmRecord], None]] = {}
         self._push_times: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -94,6 +99,10 @@ class Stack:
     def start(self, *, pushd: bool = True) -> Stack:
         self.pg.psql("DELETE FROM location; DELETE FROM subscriber")
         self.apns = FakeApnsThread(self.pki, on_record=self._record).__enter__()
+        self.fcm = FakeFcm().start()
+        (self.root / "fcm").mkdir(parents=True, exist_ok=True)
+        self.fcm_account = self.fcm.make_service_account(self.root / "fcm", project_id=FCM_PROJECT)
+        threading.Thread(target=self._watch_fcm, name="fcm-watch", daemon=True).start()
         self.kamailio.start()
         if pushd:
             self.start_pushd()
@@ -102,9 +111,13 @@ class Stack:
     def stop(self) -> None:
         self.stop_pushd()
         self.kamailio.stop()
+        self._stopping.set()
         if self.apns is not None:
             self.apns.__exit__(None, None, None)
             self.apns = None
+        if self.fcm is not None:
+            self.fcm.stop()
+            self.fcm = None
 
     def __enter__(self) -> Stack:
         return self
@@ -130,6 +143,10 @@ class Stack:
                 "host": "127.0.0.1",
                 "port": self.apns.port,
                 "ca_file": str(self.pki.ca_cert),
+            },
+            "fcm": {
+                "service_account_file": str(self.fcm_account.path),
+                "base_url": self.fcm.url if self.fcm else "",
             },
             "retry": {"initial_delay": 0.1, "max_delay": 1},
             "log": {"level": "info"},
@@ -190,12 +207,24 @@ class Stack:
             f"VALUES ('{user}', '{DOMAIN}', '', '{ha1}', '')"
         )
 
-    def phone(self, user: str, n: int = 1, password: str = "secret1") -> Phone:
-        self.add_subscriber(user, password)
+    def phone(
+        self, user: str, n: int = 1, password: str = "secret1", provider: str = "apns"
+    ) -> Phone:
+        """Subscriber ``user`` and its SIPp phone number ``n``: iPhone (apns) or Android (fcm)."""
+        if n == 1:
+            self.add_subscriber(user, password)
         token = hashlib.sha256(f"{user}-{n}".encode()).hexdigest()
-        return Phone(
-            user=user, password=password, token=token, instance=f"00000000-0000-4000-8000-{n:012d}"
-        )
+        instance = f"00000000-0000-4000-8000-{n:012d}"
+        if provider == "fcm":
+            return Phone(
+                user=user,
+                password=password,
+                token=f"fcm-{token[:40]}:APA91b",
+                instance=instance,
+                provider="fcm",
+                param=FCM_PROJECT,
+            )
+        return Phone(user=user, password=password, token=token, instance=instance)
 
     def register(
         self,
@@ -278,7 +307,19 @@ class Stack:
         )
 
     # ----- observations -----
-    def _record(self, record: PushRecord) -> None:
+    def _watch_fcm(self) -> None:
+        """The fake FCM has no callback: poll its records to wake Android phones."""
+        while not self._stopping.wait(0.01):
+            fcm = self.fcm
+            if fcm is None:
+                return
+            records = fcm.messages
+            for record in records[self._fcm_seen :]:
+                if record.token is not None:
+                    self._record(record)
+            self._fcm_seen = len(records)
+
+    def _record(self, record: PushRecord | FcmRecord) -> None:
         with self._lock:
             self._push_times[record.token] = time.time()
             handler = self.on_push.get(record.token)

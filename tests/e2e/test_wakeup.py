@@ -108,3 +108,41 @@ def test_unknown_user_gets_404(make_stack: MakeStack) -> None:
     caller = stack.call("nobody", expect_answer=False)
     assert caller.wait(10) == 0
     assert caller.final_response()[0] == 404
+
+
+def test_sleeping_android_is_woken_by_fcm_and_answers(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    phone = stack.phone("gina", provider="fcm")
+    stack.register_and_sleep(phone)
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("gina", expect_answer=True)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert stack.fcm is not None and stack.apns is not None
+    messages = stack.fcm.messages
+    assert len(messages) == 1 and stack.apns.pushes == []
+    msg = messages[0]
+    assert (msg.token, msg.project, msg.status) == (phone.token, "pushgate-test", 200)
+    assert msg.priority == "HIGH"
+    assert msg.ttl is not None and 0 < int(msg.ttl.rstrip("s")) <= 30
+    assert msg.data is not None and msg.data.get("aor") == "sip:gina@pushgate.test"
+    assert all(isinstance(v, str) for v in msg.data.values())
+    assert woken and woken[0].wait(15) == 97
+
+
+def test_fcm_unregistered_removes_the_binding_and_ends_the_call(make_stack: MakeStack) -> None:
+    stack = make_stack(hold_timeout=20)
+    phone = stack.phone("hank", provider="fcm")
+    stack.register_and_sleep(phone)
+    assert stack.fcm is not None
+    stack.fcm.script(phone.token, 404, "UNREGISTERED")
+    started = time.monotonic()
+    caller = stack.call("hank", expect_answer=False)
+    assert caller.wait(20) == 0, caller.output()[-3000:]
+    assert caller.final_response()[0] == 480
+    assert time.monotonic() - started < 5
+    wait_until(lambda: stack.bindings("hank") == [], 5, "binding removal")
+    # A second call finds no binding: no further push.
+    again = stack.call("hank", expect_answer=False, label="again")
+    assert again.wait(10) == 0
+    assert again.final_response()[0] == 480
+    assert len(stack.fcm.messages) == 1
