@@ -1,1 +1,1 @@
-"""Test kit: local stand-ins for Apple and Google push services, and harnesses for the real servers."""
+"""Test kit: local stand-ins for Apple and Google push services, harnesses for real servers."""

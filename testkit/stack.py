@@ -277,7 +277,7 @@ class Stack:
         """
         started: list[sipp.SippRun] = []
 
-        def wake(record: PushRecord) -> None:
+        def wake(record: PushRecord | FcmRecord) -> None:
             with self._lock:
                 if started and started[-1].proc.poll() is None:
                     return
@@ -320,6 +320,8 @@ class Stack:
             self._fcm_seen = len(records)
 
     def _record(self, record: PushRecord | FcmRecord) -> None:
+        if record.token is None:
+            return
         with self._lock:
             self._push_times[record.token] = time.time()
             handler = self.on_push.get(record.token)
