@@ -28,7 +28,7 @@ from testkit.fake_apns import FakeApnsThread, PushRecord
 from testkit.fake_fcm import FakeFcm, FcmRecord
 from testkit.kamailio import Kamailio
 from testkit.postgres import PostgresCluster
-from testkit.procs import stop, tail, wait_until
+from testkit.procs import free_port, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "pushgate.test"
@@ -53,6 +53,9 @@ class Phone:
     instance: str
     provider: str = "apns"
     param: str = f"{TEAM_PARAM_PREFIX}.com.example.app.voip"
+    contact_host: str | None = None
+    """Host:port to put in the Contact instead of the real one (a phone behind NAT)."""
+    expires: int = 600
 
     def keys(self) -> dict[str, str]:
         return {
@@ -62,7 +65,7 @@ class Phone:
             "prid": self.token,
             "param": self.param,
             "instance": self.instance,
-            "expires": "600",
+            "expires": str(self.expires),
             "contact_transport": "tcp",
         }
 
@@ -241,12 +244,14 @@ class Stack:
         ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call.
         """
         ooc = "phone_answer_many" if many else "phone_answer" if answer else None
+        port = free_port()
         return sipp.start(
             "phone_register",
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
-            keys=phone.keys(),
+            local_port=port,
+            keys={**phone.keys(), "contact_hostport": phone.contact_host or f"127.0.0.1:{port}"},
             auth=(phone.user, password or phone.password),
             ooc=ooc,
             pause_ms=keep_open_ms,
@@ -254,12 +259,14 @@ class Stack:
         )
 
     def register_without_credentials(self, phone: Phone, **keys: str) -> sipp.SippRun:
+        port = free_port()
         return sipp.start(
             "register_noauth",
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
-            keys={**phone.keys(), **keys},
+            local_port=port,
+            keys={"contact_hostport": f"127.0.0.1:{port}", **phone.keys(), **keys},
             label=f"noauth-{phone.user}-{time.monotonic_ns()}",
         )
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from testkit.procs import wait_until
 from testkit.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -71,8 +72,7 @@ def test_hung_pushd_does_not_delay_other_sip_traffic(make_stack: MakeStack) -> N
     callers = [
         stack.call(p.user, expect_answer=False, label=f"held{i}") for i, p in enumerate(phones)
     ]
-    time.sleep(0.3)  # let the INVITEs reach Kamailio and be held
-    assert stack.count_events("push_request") == 4
+    wait_until(lambda: stack.count_events("push_request") == 4, 10, "four held INVITEs")
     during = options_rtt(stack.kamailio.sip_port, 200)
     # A REGISTER (digest round trip, database write) also goes through at once.
     t0 = time.monotonic()
