@@ -19,14 +19,12 @@ if _REPO not in sys.path:
 
 import KSR  # noqa: E402
 
-from kemi import ksr_bindings  # noqa: E402
+from kemi import held_calls, ksr_bindings  # noqa: E402
 from pushgate import registration, sipmsg, wire  # noqa: E402
 from pushgate.decision import Action, decide  # noqa: E402
 
 # KEMI return codes.
 OK = 1
-# Held transactions: htable "hold", key "<aor>|<index>:<label>", value = deadline.
-HOLD_SEP = "|"
 
 
 def _def(name: str, default: str) -> str:
@@ -58,6 +56,7 @@ class Pushgate:
         self.reg_auth = _def("REG_AUTH", "1") == "1"
         self.providers = frozenset(_def("PN_PROVIDERS", "apns,fcm").split(","))
         self.pn_min_expires = int(_def("PN_MIN_EXPIRES", "150"))
+        self.notice_ttl = int(_def("NOTICE_TTL", "60"))
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -67,8 +66,7 @@ class Pushgate:
         if not self.route_reqinit():
             return OK
         if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                KSR.tm.t_relay()
+            self.route_cancel()
             return OK
         if KSR.siputils.has_totag() > 0:
             self.route_within_dialog()
@@ -96,6 +94,20 @@ class Pushgate:
             KSR.set_drop()
             return False
         return True
+
+    def route_cancel(self) -> None:
+        """A held INVITE has no branch for tm to cancel: end it ourselves (487)."""
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is not None and held_calls.claim(held):
+            KSR.sl.sl_send_reply(200, "OK")
+            _log("cancel_held", callid=callid, aor=held.aor)
+            self.send_notices(held, "cancel")
+            held_calls.forget(held, callid)
+            KSR.tmx.t_continue(held.index, held.label, "ksr_route_cancelled")
+            return
+        if KSR.tm.t_check_trans() > 0:
+            KSR.tm.t_relay()
 
     def route_within_dialog(self) -> None:
         if not KSR.is_ACK():
@@ -166,22 +178,10 @@ class Pushgate:
 
     def resume_held(self, aor: str) -> None:
         """Continue every INVITE held for ``aor``: the device that woke has a live flow now."""
-        prefix = aor + HOLD_SEP
-        found: list[str] = []
-        if KSR.htable.sht_iterator_start("hi", "hold") < 0:
-            return
-        try:
-            while KSR.htable.sht_iterator_next("hi") > 0:
-                key = str(KSR.pv.get("$shtitkey(hi)") or "")
-                if key.startswith(prefix):
-                    found.append(key)
-        finally:
-            KSR.htable.sht_iterator_end("hi")
-        for key in found:
-            KSR.htable.sht_rm("hold", key)
-            index, label = (int(x) for x in key[len(prefix) :].split(":"))
-            _log("resume", aor=aor, tx=f"{index}:{label}")
-            KSR.tmx.t_continue(index, label, "ksr_route_resume")
+        for held in held_calls.for_aor(aor):
+            if held_calls.claim(held):
+                _log("resume", aor=aor, tx=held.tx_key)
+                KSR.tmx.t_continue(held.index, held.label, "ksr_route_resume")
 
     # ----- calls and other requests to local users -----
     def route_location(self) -> None:
@@ -229,44 +229,80 @@ class Pushgate:
             _log("push_unavailable", aor=aor, callid=KSR.pv.get("$ci"))
             _reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
             return
-        index = int(KSR.pv.get("$T(id_index)"))
-        label = int(KSR.pv.get("$T(id_label)"))
+        held = held_calls.Held(
+            aor=aor, index=int(KSR.pv.get("$T(id_index)")), label=int(KSR.pv.get("$T(id_label)"))
+        )
+        callid = str(KSR.pv.get("$ci"))
         deadline = time.time() + self.hold_timeout
-        tx_key = f"{index}:{label}"
         # tm's own timer ends the hold: 408 into ksr_failure_held, which answers 480.
         KSR.tm.t_set_fr(self.hold_timeout * 1000, self.hold_timeout * 1000)
         KSR.tm.t_on_failure("ksr_failure_held")
-        KSR.htable.sht_seti("hold", aor + HOLD_SEP + tx_key, int(deadline))
-        KSR.htable.sht_seti("pushreq", tx_key, len(targets))
+        pushes = [
+            {
+                "provider": b.push.raw_provider,
+                "prid": b.push.prid,
+                "param": b.push.param,
+                "ruid": b.ruid,
+                "instance": b.instance,
+            }
+            for b in targets
+        ]
+        held_calls.hold(held, callid, deadline, pushes)
         if KSR.tmx.t_suspend() < 0:
-            KSR.htable.sht_rm("hold", aor + HOLD_SEP + tx_key)
+            held_calls.forget(held, callid)
             KSR.sl.sl_send_reply(500, "Server Error")
             return
         data = {
-            "call_id": str(KSR.pv.get("$ci")),
+            "call_id": callid,
             "caller": str(KSR.pv.get("$fu")),
             "caller_name": str(KSR.pv.get("$fn") or ""),
             "aor": aor,
         }
-        for n, b in enumerate(targets):
-            hold_id = wire.HoldId(index=index, label=label, n=n)
-            message = wire.push_message(
-                hold_id=hold_id,
-                kind="call",
-                provider=b.push.raw_provider,
-                prid=b.push.prid,
-                param=b.push.param,
-                aor=aor,
-                ruid=b.ruid,
-                instance=b.instance,
-                deadline=deadline,
-                data=data,
-            )
-            rc = KSR.evapi.relay_multicast(message, "pushd")
-            _log("push_request", aor=aor, callid=data["call_id"], id=hold_id, rc=rc)
+        for n, target in enumerate(pushes):
+            self.send_push(held, n, target, "call", deadline, data)
+
+    def send_push(
+        self,
+        held: held_calls.Held,
+        n: int,
+        target: dict[str, str],
+        kind: str,
+        deadline: float,
+        data: dict[str, str],
+    ) -> None:
+        hold_id = wire.HoldId(index=held.index, label=held.label, n=n)
+        message = wire.push_message(
+            hold_id=hold_id,
+            kind=kind,
+            provider=target["provider"],
+            prid=target["prid"],
+            param=target["param"],
+            aor=held.aor,
+            ruid=target["ruid"],
+            instance=target["instance"],
+            deadline=deadline,
+            data=data,
+        )
+        rc = KSR.evapi.relay_multicast(message, "pushd")
+        _log("push_request", kind=kind, aor=held.aor, callid=data["call_id"], id=hold_id, rc=rc)
+
+    def send_notices(self, held: held_calls.Held, kind: str) -> None:
+        """Tell pushed devices the call is over (cancelled / missed): alert pushes, not VoIP."""
+        data = {
+            "call_id": str(KSR.pv.get("$ci")),
+            "caller": str(KSR.pv.get("$fu")),
+            "aor": held.aor,
+        }
+        deadline = time.time() + self.notice_ttl
+        for n, target in enumerate(held_calls.targets(held)):
+            self.send_push(held, n, target, kind, deadline, data)
 
     # ----- resumed / failed held transactions (failure-route context) -----
     def ksr_route_resume(self, msg: object) -> int:
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is not None:
+            held_calls.forget(held, callid)
         KSR.tm.t_set_fr(120000, 30000)
         _log("invite_relayed", callid=KSR.pv.get("$ci"))
         if KSR.registrar.lookup("location") < 0:
@@ -278,25 +314,31 @@ class Pushgate:
         return OK
 
     def ksr_route_push_failed(self, msg: object) -> int:
-        _log("push_failed_reply", callid=KSR.pv.get("$ci"))
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is not None:
+            held_calls.forget(held, callid)
+        _log("push_failed_reply", callid=callid)
         _reply_reason(480, "Temporarily Unavailable", "Push notification failed")
         return OK
 
+    def ksr_route_cancelled(self, msg: object) -> int:
+        KSR.tm.t_reply(487, "Request Terminated")
+        return OK
+
     def ksr_failure_held(self, msg: object) -> int:
-        if KSR.tm.t_is_canceled() > 0:
-            return OK
-        _log("hold_timeout", callid=KSR.pv.get("$ci"))
-        self.forget_hold()
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is None or not held_calls.claim(held):
+            return OK  # already resumed, cancelled or failed
+        _log("hold_timeout", callid=callid)
+        self.send_notices(held, "missed")
+        held_calls.forget(held, callid)
         _reply_reason(480, "Temporarily Unavailable", "Device did not wake up")
         return OK
 
     def ksr_failure_call(self, msg: object) -> int:
         return OK
-
-    def forget_hold(self) -> None:
-        tx_key = f"{KSR.pv.get('$T(id_index)')}:{KSR.pv.get('$T(id_label)')}"
-        KSR.htable.sht_rm_name_re("hold", f".*\\|{tx_key}$")
-        KSR.htable.sht_rm("pushreq", tx_key)
 
     # ----- replies -----
     def ksr_reply_route(self, msg: object) -> int:
@@ -361,10 +403,9 @@ class Pushgate:
         if result.verdict == "delete_token" and result.aor and result.ruid:
             KSR.registrar.unregister_ruid("location", result.aor, result.ruid)
             _log("binding_removed", aor=result.aor, ruid=result.ruid)
-        if result.verdict == "delivered":
+        if result.verdict == "delivered" or not held_calls.push_failed(hid.tx_key):
             return
-        left = KSR.htable.sht_dec("pushreq", hid.tx_key)
-        if left <= 0 and KSR.htable.sht_get("pushreq", hid.tx_key) is not None:
-            KSR.htable.sht_rm("pushreq", hid.tx_key)
-            KSR.htable.sht_rm_name_re("hold", f".*\\|{hid.tx_key}$")
+        # Every push for this call failed for good: end it now rather than at the deadline.
+        held = held_calls.Held(aor=result.aor, index=hid.index, label=hid.label)
+        if held_calls.claim(held):
             KSR.tmx.t_continue(hid.index, hid.label, "ksr_route_push_failed")

@@ -1,0 +1,97 @@
+"""Held INVITE transactions, kept in Kamailio htables so every process sees them.
+
+htable ``hold``      "<aor>|<index>:<label>"  -> hold deadline (epoch s)   resume by AoR
+htable ``holdcid``   "<call-id>"              -> "<aor>|<index>:<label>"   CANCEL by Call-ID
+htable ``pushreq``   "<index>:<label>"        -> pushes still outstanding  fail early
+htable ``holdpush``  "<index>:<label>:<n>"    -> JSON of push target n      cancel/missed notices
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import KSR
+
+SEP = "|"
+
+
+@dataclass(frozen=True)
+class Held:
+    aor: str
+    index: int
+    label: int
+
+    @property
+    def tx_key(self) -> str:
+        return f"{self.index}:{self.label}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.aor}{SEP}{self.tx_key}"
+
+    @classmethod
+    def parse(cls, key: str) -> Held:
+        aor, _, tx = key.rpartition(SEP)
+        index, label = (int(x) for x in tx.split(":"))
+        return cls(aor=aor, index=index, label=label)
+
+
+def hold(held: Held, callid: str, deadline: float, targets: list[dict[str, str]]) -> None:
+    KSR.htable.sht_seti("hold", held.key, int(deadline))
+    KSR.htable.sht_sets("holdcid", callid, held.key)
+    KSR.htable.sht_seti("pushreq", held.tx_key, len(targets))
+    for n, target in enumerate(targets):
+        KSR.htable.sht_sets("holdpush", f"{held.tx_key}:{n}", json.dumps(target))
+
+
+def for_aor(aor: str) -> list[Held]:
+    prefix = aor + SEP
+    found: list[Held] = []
+    if KSR.htable.sht_iterator_start("hi", "hold") < 0:
+        return found
+    try:
+        while KSR.htable.sht_iterator_next("hi") > 0:
+            key = str(KSR.pv.get("$shtitkey(hi)") or "")
+            if key.startswith(prefix):
+                found.append(Held.parse(key))
+    finally:
+        KSR.htable.sht_iterator_end("hi")
+    return found
+
+
+def for_callid(callid: str) -> Held | None:
+    key = KSR.htable.sht_get("holdcid", callid)
+    return Held.parse(str(key)) if key else None
+
+
+def targets(held: Held) -> list[dict[str, str]]:
+    out = []
+    for n in range(64):
+        raw = KSR.htable.sht_get("holdpush", f"{held.tx_key}:{n}")
+        if raw is None:
+            break
+        out.append(json.loads(str(raw)))
+    return out
+
+
+def claim(held: Held) -> bool:
+    """Take the held transaction out of the tables; False if someone else already did."""
+    if KSR.htable.sht_get("hold", held.key) is None:
+        return False
+    KSR.htable.sht_rm("hold", held.key)
+    return True
+
+
+def push_failed(tx_key: str) -> bool:
+    """Count one definitive push failure; True when it was the last outstanding push."""
+    if KSR.htable.sht_get("pushreq", tx_key) is None:
+        return False
+    return int(KSR.htable.sht_dec("pushreq", tx_key)) <= 0
+
+
+def forget(held: Held, callid: str) -> None:
+    KSR.htable.sht_rm("hold", held.key)
+    KSR.htable.sht_rm("holdcid", callid)
+    KSR.htable.sht_rm("pushreq", held.tx_key)
+    KSR.htable.sht_rm_name_re("holdpush", f"^{held.tx_key}:")

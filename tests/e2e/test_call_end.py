@@ -1,0 +1,59 @@
+"""How a held call ends without an answer: CANCEL, timeout (CallKit-friendly notices)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from testkit import sipp
+from testkit.stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+MakeStack = Callable[..., Stack]
+
+
+def test_cancel_of_a_held_call_gives_487_and_a_cancel_notice(make_stack: MakeStack) -> None:
+    stack = make_stack(hold_timeout=20)
+    phone = stack.phone("alice")
+    stack.register_and_sleep(phone)
+    started = time.monotonic()
+    caller = sipp.start(
+        "caller_cancel",
+        target_port=stack.kamailio.sip_port,
+        logdir=stack.logs,
+        keys={"domain": "pushgate.test", "callee": "alice"},
+        pause_ms=500,
+        label="canceller",
+    )
+    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert time.monotonic() - started < 3
+    assert [m.splitlines()[0] for m in caller.received()][-2:] == [
+        "SIP/2.0 200 OK",
+        "SIP/2.0 487 Request Terminated",
+    ]
+    assert stack.apns is not None
+    pushes = stack.apns.wait_for_pushes(2, timeout=5)
+    call, cancel = pushes[0], pushes[1]
+    assert (call.push_type, call.topic) == ("voip", "com.example.app.voip")
+    # The notice is an alert to the app's own topic, not a second VoIP push.
+    assert (cancel.push_type, cancel.topic) == ("alert", "com.example.app")
+    assert cancel.payload.get("call_id") == call.payload.get("call_id")
+    # Nothing is left held: a later wake-up REGISTER resumes nothing.
+    stack.register_and_sleep(phone)
+    assert stack.events("resume") == []
+
+
+def test_nobody_answers_480_and_a_missed_call_alert(make_stack: MakeStack) -> None:
+    stack = make_stack(hold_timeout=2)
+    phone = stack.phone("bob")
+    stack.register_and_sleep(phone)
+    caller = stack.call("bob", expect_answer=False)
+    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert caller.final_response()[0] == 480
+    assert stack.apns is not None
+    pushes = stack.apns.wait_for_pushes(2, timeout=5)
+    assert [p.push_type for p in pushes] == ["voip", "alert"]
+    assert pushes[1].token == phone.token
