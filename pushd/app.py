@@ -26,6 +26,7 @@ from pushd import config as config_mod
 from pushd import logs
 from pushd.config import Config, ConfigError
 from pushd.dispatch import BadPush, Dispatcher, RequestDefaults, build_request
+from pushd.http_api import ApiHandler, HttpApi
 from pushd.kamailio_link import KamailioLink
 from pushd.metrics import Metrics
 from pushd.model import Environment, Provider, ProviderName, PushKind, Verdict
@@ -107,6 +108,7 @@ class PushDaemon:
             metrics=self.metrics,
         )
         self.dispatcher: Dispatcher | None = None
+        self.api: HttpApi | None = None
         self._link_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -124,6 +126,28 @@ class PushDaemon:
             max_in_flight=self.config.limits.max_in_flight,
         )
         self._link_task = asyncio.create_task(self.link.run(), name="kamailio-link")
+        await self._start_api(self.dispatcher)
+
+    async def _start_api(self, dispatcher: Dispatcher) -> None:
+        api = self.config.api
+        if api is None or api.token is None:
+            # No token, no API: an open push endpoint would let any local user page phones.
+            log.info("HTTP API off: no api.token in the config")
+            return
+        handler = ApiHandler(
+            token=api.token,
+            submit=dispatcher.submit,
+            providers=lambda: tuple(self.providers),
+            defaults=request_defaults(self.config),
+            kamailio_connected=lambda: self.link.authenticated,
+            metrics=self.metrics.render,
+        )
+        self.api = HttpApi(handler, api.host, api.port)
+        try:
+            await self.api.start()
+        except OSError:
+            await self.stop()  # the link and providers are already up
+            raise
 
     def ready_line(self) -> str:
         names = ",".join(p.value for p in self.providers)
@@ -144,6 +168,8 @@ class PushDaemon:
     async def stop(self) -> None:
         """Graceful stop: refuse new pushes, let in-flight ones finish briefly, flush, close."""
         grace = self.config.limits.shutdown_grace
+        if self.api is not None:
+            self.api.stop_listening()
         if self.dispatcher is not None:
             self.dispatcher.stop_accepting()
             if not await self.dispatcher.drain(grace):
@@ -153,6 +179,9 @@ class PushDaemon:
                     grace,
                 )
                 await self.dispatcher.cancel_all()
+        if self.api is not None:
+            # Every API push has its verdict by now; this lets the answers go out.
+            await self.api.stop()
         await self.link.close(flush_timeout=1.0)
         if self._link_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -130,7 +130,7 @@ class FcmConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ApiConfig:
-    """Reserved for the HTTP API (metrics, test pushes); parsed and validated only."""
+    """The HTTP API (``pushd.http_api``); not started unless ``token`` is set."""
 
     host: str = "127.0.0.1"
     port: int = 8449

@@ -157,19 +157,24 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def submit(self, msg: Mapping[str, Any]) -> None:
-        """Start working on one ``push`` message; returns at once, never raises."""
+    def submit(self, msg: Mapping[str, Any], sink: ResultSink | None = None) -> None:
+        """Start working on one ``push`` message; returns at once, never raises.
+
+        The result goes to ``sink`` when given (the HTTP API waits on its own pushes),
+        else to the sink the dispatcher was built with (Kamailio).
+        """
         started = time.monotonic()
+        out = sink or self._send_result
         if not self._accepting:
-            self._finish(msg, "unknown", _give_up("pushd is stopping"), 0, started)
+            self._finish(msg, "unknown", _give_up("pushd is stopping"), 0, started, out)
             return
         # A flood must not turn into unbounded tasks: refuse at once instead of queueing,
         # so Kamailio can fail the call now rather than after the SIP timer.
         if len(self._tasks) >= self._max_in_flight:
             reason = f"overloaded: {len(self._tasks)} pushes in flight"
-            self._finish(msg, "unknown", _give_up(reason), 0, started)
+            self._finish(msg, "unknown", _give_up(reason), 0, started, out)
             return
-        task = asyncio.get_running_loop().create_task(self._run(msg, started))
+        task = asyncio.get_running_loop().create_task(self._run(msg, started, out))
         self._tasks.add(task)
         self.metrics.in_flight = len(self._tasks)
         task.add_done_callback(self._task_done)
@@ -198,7 +203,7 @@ class Dispatcher:
         if not task.cancelled() and task.exception() is not None:
             log.error("push task crashed", exc_info=task.exception())
 
-    async def _run(self, msg: Mapping[str, Any], started: float) -> None:
+    async def _run(self, msg: Mapping[str, Any], started: float, sink: ResultSink) -> None:
         label, attempts = "unknown", 0
         try:
             provider_name = _provider_name(msg.get("provider"))
@@ -207,7 +212,7 @@ class Dispatcher:
                 if provider_name not in self._providers:
                     # Checked before the token so an unconfigured provider says just that.
                     result = _give_up(f"provider {label} not configured")
-                    self._finish(msg, label, result, 0, started)
+                    self._finish(msg, label, result, 0, started, sink)
                     return
             request = build_request(msg, self._defaults)
             provider = self._providers[request.provider]
@@ -215,11 +220,10 @@ class Dispatcher:
         except BadPush as exc:
             result = _give_up(f"bad push: {exc}")
         except asyncio.CancelledError:
-            self._finish(
-                msg, label, _give_up("pushd stopped before the push completed"), 0, started
-            )
+            stopped = _give_up("pushd stopped before the push completed")
+            self._finish(msg, label, stopped, 0, started, sink)
             raise
-        self._finish(msg, label, result, attempts, started)
+        self._finish(msg, label, result, attempts, started, sink)
 
     async def _attempt_until_deadline(
         self, provider: Provider, request: PushRequest, msg: Mapping[str, Any]
@@ -269,6 +273,7 @@ class Dispatcher:
         result: PushResult,
         attempts: int,
         started: float,
+        sink: ResultSink,
     ) -> None:
         elapsed = time.monotonic() - started
         verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
@@ -293,7 +298,7 @@ class Dispatcher:
         if not isinstance(push_id, str | int) or isinstance(push_id, bool) or push_id == "":
             log.warning("push without an id: no result can be sent back")
             return
-        self._send_result(
+        sink(
             {
                 "type": "result",
                 "id": push_id,
