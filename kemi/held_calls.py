@@ -38,9 +38,15 @@ class Held:
 
 
 def hold(held: Held, callid: str, deadline: float, targets: list[dict[str, str]]) -> None:
+    """A suspended INVITE waiting for one of ``targets`` to wake up."""
     KSR.htable.sht_seti("hold", held.key, int(deadline))
-    KSR.htable.sht_sets("holdcid", callid, held.key)
     KSR.htable.sht_seti("pushreq", held.tx_key, len(targets))
+    remember(held, callid, targets)
+
+
+def remember(held: Held, callid: str, targets: list[dict[str, str]]) -> None:
+    """Pushed devices of a call that is (or will be) ringing: for cancel / answered notices."""
+    KSR.htable.sht_sets("holdcid", callid, held.key)
     for n, target in enumerate(targets):
         KSR.htable.sht_sets("holdpush", f"{held.tx_key}:{n}", json.dumps(target))
 

@@ -25,8 +25,9 @@ def fetch(aor: str) -> list[Binding]:
         out = []
         for i in range(count):
             uri = _ulc("addr", i)
+            received = _ulc("received", i)
             conid = int(_ulc("conid", i) or -1)
-            transport = transport_of(_ulc("socket", i), _ulc("received", i), uri)
+            transport = transport_of(_ulc("socket", i), received, uri)
             is_open = conid > 0 and KSR.tcpops.tcp_conid_alive(conid) > 0
             try:
                 push = pn_params.parse_uri(uri)
@@ -40,6 +41,7 @@ def fetch(aor: str) -> list[Binding]:
                     transport=transport,
                     alive=flow_alive(transport, conid, is_open),
                     push=push,
+                    target=received or uri,
                 )
             )
         return out

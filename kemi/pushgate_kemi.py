@@ -21,7 +21,7 @@ import KSR  # noqa: E402
 
 from kemi import held_calls, ksr_bindings  # noqa: E402
 from pushgate import registration, sipmsg, wire  # noqa: E402
-from pushgate.decision import Action, decide  # noqa: E402
+from pushgate.decision import Action, Binding, dead_targets, decide  # noqa: E402
 
 # KEMI return codes.
 OK = 1
@@ -60,6 +60,10 @@ class Pushgate:
 
     def child_init(self, rank: int) -> int:
         return 0
+
+    # Per-process: destinations of dead flows for the request being relayed now
+    # (branch routes run in the same process right after t_relay).
+    dead: frozenset[str] = frozenset()
 
     # ----- request route: a table of contents -----
     def ksr_request_route(self, msg: object) -> int:
@@ -106,6 +110,10 @@ class Pushgate:
             held_calls.forget(held, callid)
             KSR.tmx.t_continue(held.index, held.label, "ksr_route_cancelled")
             return
+        if held is not None:
+            # Ringing with some devices still asleep: tell them too.
+            self.send_notices(held, "cancel")
+            held_calls.forget(held, callid)
         if KSR.tm.t_check_trans() > 0:
             KSR.tm.t_relay()
 
@@ -157,7 +165,12 @@ class Pushgate:
             src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             proto=KSR.pv.get("$pr"),
         )
-        self.resume_held(aor)
+        if check.adds_binding:
+            # Calls already ringing elsewhere get this device as a new branch (tsilo);
+            # calls held with no branch at all are resumed.
+            if KSR.htable.sht_get("ringing", aor) is not None:
+                KSR.tsilo.ts_append_by_contact("location", aor)
+            self.resume_held(aor)
 
     def check_register(self) -> registration.RegisterCheck:
         contacts: list[str] = []
@@ -210,18 +223,40 @@ class Pushgate:
             _reply_reason(480, "Temporarily Unavailable", decision.reason)
             return
         if decision.action is Action.RELAY or not KSR.is_INVITE():
-            self.relay_to_bindings()
+            if not self.relay_to_bindings(bindings):
+                KSR.sl.sl_reply_error()
+                return
+            if decision.push and KSR.is_INVITE():
+                self.push_while_ringing(aor, decision.push)
             return
         self.push_and_hold(aor, decision.push)
 
-    def relay_to_bindings(self) -> None:
+    def relay_to_bindings(self, bindings: list[Binding]) -> bool:
+        """lookup + t_relay, skipping branches whose flow is dead (they would only get 477)."""
         if KSR.registrar.lookup("location") < 0:
-            KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
-            return
+            return False
+        self.dead = dead_targets(bindings)
+        KSR.tm.t_on_branch("ksr_branch_filter")
         KSR.tm.t_on_failure("ksr_failure_call")
         KSR.tm.t_on_reply("ksr_reply_call")
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+        return bool(KSR.tm.t_relay() > 0)
+
+    def ksr_branch_filter(self, msg: object) -> int:
+        target = str(KSR.pv.get("$du") or KSR.pv.get("$ru") or "")
+        if target in self.dead:
+            KSR.set_drop()
+        return OK
+
+    def push_while_ringing(self, aor: str, targets: tuple[Binding, ...]) -> None:
+        """Live devices ring now; sleeping ones get a push and join as branches when they wake."""
+        held = self.current_held(aor)
+        callid = str(KSR.pv.get("$ci"))
+        pushes = [self.push_target(b) for b in targets]
+        held_calls.remember(held, callid, pushes)
+        self.store_ringing(aor)
+        deadline = time.time() + self.hold_timeout
+        for n, target in enumerate(pushes):
+            self.send_push(held, n, target, "call", deadline, self.call_data(aor))
 
     def push_and_hold(self, aor: str, targets: tuple) -> None:  # type: ignore[type-arg]
         KSR.tm.t_newtran()
@@ -229,37 +264,46 @@ class Pushgate:
             _log("push_unavailable", aor=aor, callid=KSR.pv.get("$ci"))
             _reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
             return
-        held = held_calls.Held(
-            aor=aor, index=int(KSR.pv.get("$T(id_index)")), label=int(KSR.pv.get("$T(id_label)"))
-        )
+        held = self.current_held(aor)
         callid = str(KSR.pv.get("$ci"))
         deadline = time.time() + self.hold_timeout
         # tm's own timer ends the hold: 408 into ksr_failure_held, which answers 480.
         KSR.tm.t_set_fr(self.hold_timeout * 1000, self.hold_timeout * 1000)
         KSR.tm.t_on_failure("ksr_failure_held")
-        pushes = [
-            {
-                "provider": b.push.raw_provider,
-                "prid": b.push.prid,
-                "param": b.push.param,
-                "ruid": b.ruid,
-                "instance": b.instance,
-            }
-            for b in targets
-        ]
+        pushes = [self.push_target(b) for b in targets]
         held_calls.hold(held, callid, deadline, pushes)
         if KSR.tmx.t_suspend() < 0:
             held_calls.forget(held, callid)
             KSR.sl.sl_send_reply(500, "Server Error")
             return
-        data = {
-            "call_id": callid,
+        for n, target in enumerate(pushes):
+            self.send_push(held, n, target, "call", deadline, self.call_data(aor))
+
+    def current_held(self, aor: str) -> held_calls.Held:
+        return held_calls.Held(
+            aor=aor, index=int(KSR.pv.get("$T(id_index)")), label=int(KSR.pv.get("$T(id_label)"))
+        )
+
+    @staticmethod
+    def push_target(b: Binding) -> dict[str, str]:
+        assert b.push is not None
+        return {
+            "provider": b.push.raw_provider,
+            "prid": b.push.prid,
+            "param": b.push.param,
+            "ruid": b.ruid,
+            "instance": b.instance,
+        }
+
+    @staticmethod
+    def call_data(aor: str) -> dict[str, str]:
+        """Push payload of a call (our app contract; RFC 8599 leaves it open)."""
+        return {
+            "call_id": str(KSR.pv.get("$ci")),
             "caller": str(KSR.pv.get("$fu")),
             "caller_name": str(KSR.pv.get("$fn") or ""),
             "aor": aor,
         }
-        for n, target in enumerate(pushes):
-            self.send_push(held, n, target, "call", deadline, data)
 
     def send_push(
         self,
@@ -286,32 +330,46 @@ class Pushgate:
         rc = KSR.evapi.relay_multicast(message, "pushd")
         _log("push_request", kind=kind, aor=held.aor, callid=data["call_id"], id=hold_id, rc=rc)
 
-    def send_notices(self, held: held_calls.Held, kind: str) -> None:
+    def send_notices(self, held: held_calls.Held, kind: str, reason: str = "") -> None:
         """Tell pushed devices the call is over (cancelled / missed): alert pushes, not VoIP."""
         data = {
             "call_id": str(KSR.pv.get("$ci")),
             "caller": str(KSR.pv.get("$fu")),
             "aor": held.aor,
+            "reason": reason or kind,
         }
         deadline = time.time() + self.notice_ttl
+        # Devices that woke hear about it over SIP (CANCEL with Reason); only the ones
+        # still asleep need a push.
+        awake = {b.instance for b in ksr_bindings.fetch(held.aor) if b.alive}
         for n, target in enumerate(held_calls.targets(held)):
-            self.send_push(held, n, target, kind, deadline, data)
+            if target["instance"] not in awake:
+                self.send_push(held, n, target, kind, deadline, data)
 
     # ----- resumed / failed held transactions (failure-route context) -----
     def ksr_route_resume(self, msg: object) -> int:
         callid = str(KSR.pv.get("$ci"))
         held = held_calls.for_callid(callid)
         if held is not None:
+            # No longer held, but its other pushed devices may still wake and join
+            # (tsilo), and must hear when the call ends: keep them, drop the hold.
+            targets = held_calls.targets(held)
             held_calls.forget(held, callid)
+            held_calls.remember(held, callid, targets)
         KSR.tm.t_set_fr(120000, 30000)
-        _log("invite_relayed", callid=KSR.pv.get("$ci"))
-        if KSR.registrar.lookup("location") < 0:
+        _log("invite_relayed", callid=callid)
+        aor = sipmsg.aor_of(str(KSR.pv.get("$rU")), self.domain)
+        if not self.relay_to_bindings(ksr_bindings.fetch(aor)):
             _reply_reason(480, "Temporarily Unavailable", "Device not registered")
             return OK
-        KSR.tm.t_on_failure("ksr_failure_call")
-        KSR.tm.t_on_reply("ksr_reply_call")
-        KSR.tm.t_relay()
+        self.store_ringing(aor)
         return OK
+
+    @staticmethod
+    def store_ringing(aor: str) -> None:
+        """Let devices that wake later join this call as branches (tsilo)."""
+        KSR.tsilo.ts_store()
+        KSR.htable.sht_seti("ringing", aor, 1)
 
     def ksr_route_push_failed(self, msg: object) -> int:
         callid = str(KSR.pv.get("$ci"))
@@ -345,8 +403,15 @@ class Pushgate:
         return OK
 
     def ksr_reply_call(self, msg: object) -> int:
-        status = KSR.pv.get("$rs")
-        _log("reply", status=status, method=KSR.pv.get("$rm"), callid=KSR.pv.get("$ci"))
+        status = int(KSR.pv.get("$rs") or 0)
+        callid = str(KSR.pv.get("$ci"))
+        _log("reply", status=status, method=KSR.pv.get("$rm"), callid=callid)
+        if 200 <= status < 300 and KSR.is_method_in("I"):
+            held = held_calls.for_callid(callid)
+            if held is not None:
+                # Answered: pushed devices that are still asleep get "answered elsewhere".
+                self.send_notices(held, "cancel", reason="answered_elsewhere")
+                held_calls.forget(held, callid)
         # In-dialog requests to the phone must follow its flow, not its Contact address.
         if KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss") and KSR.hdr.is_present("Contact") > 0:
             KSR.nathelper.add_contact_alias()

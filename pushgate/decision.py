@@ -31,6 +31,8 @@ class Binding:
     transport: str
     alive: bool
     push: PushParams | None
+    target: str = ""
+    """Where a request for this binding goes: its ``received`` flow address, else its URI."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +65,11 @@ def decide(bindings: list[Binding]) -> Decision:
     if sleeping:
         return Decision(action=Action.PUSH, push=sleeping)
     return Decision(action=Action.UNAVAILABLE, reason="device unreachable and not push-capable")
+
+
+def dead_targets(bindings: list[Binding]) -> frozenset[str]:
+    """Destinations of bindings whose flow is dead: branches to them must not be sent."""
+    return frozenset(b.target or b.uri for b in bindings if not b.alive)
 
 
 def transport_of(socket: str, received: str, uri: str) -> str:

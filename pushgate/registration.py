@@ -19,6 +19,8 @@ class RegisterCheck:
     warning: str = ""
     extra_headers: tuple[str, ...] = ()
     providers: tuple[str, ...] = ()
+    adds_binding: bool = False
+    """At least one Contact is added or refreshed (not ``*``, not expires=0)."""
 
 
 def contact_expires(contact: str, expires_header: int | None) -> int | None:
@@ -52,9 +54,11 @@ def check_register(
     """
     providers: list[str] = []
     pnsreg = False
+    adds = False
     for contact in contacts:
         if contact.strip() == "*":
             continue
+        adds = adds or contact_expires(contact, expires_header) != 0
         uri = sipmsg.contact_uri(contact)
         params = pn_params.uri_params(uri)
         raw = params.get("pn-provider")
@@ -86,14 +90,16 @@ def check_register(
             providers.append(push.raw_provider.lower())
             pnsreg = pnsreg or has_contact_param(contact, "+sip.pnsreg")
     if already_has_pns or not providers:
-        return RegisterCheck(providers=tuple(providers))
+        return RegisterCheck(providers=tuple(providers), adds_binding=adds)
     headers = []
     for provider in dict.fromkeys(p.split(".", 1)[0] for p in providers):
         caps = f'Feature-Caps: *;+sip.pns="{provider}"'
         if pnsreg:
             caps += f';+sip.pnsreg="{PNSREG_SECONDS}"'
         headers.append(caps)
-    return RegisterCheck(extra_headers=tuple(headers), providers=tuple(providers))
+    return RegisterCheck(
+        extra_headers=tuple(headers), providers=tuple(providers), adds_binding=adds
+    )
 
 
 def _aliases(served: frozenset[str]) -> set[str]:

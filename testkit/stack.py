@@ -70,6 +70,13 @@ class Phone:
         }
 
 
+def is_call_push(record: PushRecord | FcmRecord) -> bool:
+    """A wake-up push (VoIP / call data message), not a notice."""
+    if isinstance(record, FcmRecord):
+        return (record.data or {}).get("kind") == "call"
+    return record.push_type == "voip"
+
+
 class Stack:
     def __init__(
         self,
@@ -236,14 +243,18 @@ class Stack:
         keep_open_ms: int = 0,
         answer: bool = False,
         many: bool = False,
+        ring: bool = False,
         label: str | None = None,
         password: str | None = None,
     ) -> sipp.SippRun:
         """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
 
-        ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call.
+        ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call;
+        ``ring``: ring until CANCELled, then stop SIPp.
         """
-        ooc = "phone_answer_many" if many else "phone_answer" if answer else None
+        ring_only = "phone_ring" if ring else None
+        ooc = "phone_answer_many" if many else "phone_answer" if answer else ring_only
+
         port = free_port()
         return sipp.start(
             "phone_register",
@@ -276,7 +287,12 @@ class Stack:
         assert rc == 0, f"phone registration failed (rc={rc}):\n{run.output()[-2000:]}"
 
     def wake_on_push(
-        self, phone: Phone, answer_window_ms: int = 20000, many: bool = False
+        self,
+        phone: Phone,
+        answer_window_ms: int = 20000,
+        many: bool = False,
+        ring: bool = False,
+        delay: float = 0.0,
     ) -> list[sipp.SippRun]:
         """When the fake APNs accepts a push for this phone, start its wake-up REGISTER.
 
@@ -285,6 +301,8 @@ class Stack:
         started: list[sipp.SippRun] = []
 
         def wake(record: PushRecord | FcmRecord) -> None:
+            if delay:
+                time.sleep(delay)
             with self._lock:
                 if started and started[-1].proc.poll() is None:
                     return
@@ -292,9 +310,10 @@ class Stack:
                     self.register(
                         phone,
                         keep_open_ms=answer_window_ms,
-                        answer=not many,
+                        answer=not many and not ring,
                         many=many,
-                        label=f"wake-{phone.user}-{len(started)}",
+                        ring=ring,
+                        label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}",
                     )
                 )
 
@@ -332,7 +351,7 @@ class Stack:
         with self._lock:
             self._push_times[record.token] = time.time()
             handler = self.on_push.get(record.token)
-        if handler is not None and record.status == 200:
+        if handler is not None and record.status == 200 and is_call_push(record):
             threading.Thread(target=handler, args=(record,), daemon=True).start()
 
     def push_wall_time(self, token: str) -> float | None:
