@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pushd import hints
+from pushd.apns_errors import is_environment_mixup_candidate
 from pushd.logs import short_token
 from pushd.metrics import Metrics
 from pushd.model import (
@@ -91,6 +92,7 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
             deadline=float(deadline),
             data=data,
             environment=env,
+            environment_pinned=params.sandbox,
         )
     return PushRequest(
         provider=ProviderName.FCM,
@@ -240,6 +242,8 @@ class Dispatcher:
             result = await self._attempt(provider, request, request.deadline - now)
             self.metrics.attempts_total.inc(request.provider.value, result.verdict.value)
             if result.verdict != Verdict.RETRY:
+                if may_be_environment_mixup(request, result):
+                    return await self._try_other_environment(provider, request, result, attempt)
                 return result, attempt
             last = result
             delay = next_delay(attempt, result.retry_after, self._policy, self._rng)
@@ -253,6 +257,27 @@ class Dispatcher:
                 result.reason,
             )
             await asyncio.sleep(delay)
+
+    async def _try_other_environment(
+        self, provider: Provider, request: PushRequest, first: PushResult, attempts: int
+    ) -> tuple[PushResult, int]:
+        """One attempt in the other APNs environment before a BadDeviceToken deletes the binding."""
+        other = replace(request, environment=_other(request.environment))
+        budget = request.deadline - self._clock()
+        if budget <= 0:
+            return environment_check_outcome(first, None), attempts
+        second = await self._attempt(provider, other, budget)
+        self.metrics.attempts_total.inc(request.provider.value, second.verdict.value)
+        if second.verdict == Verdict.DELIVERED:
+            # The push got through, but every later one will pay a failed attempt first.
+            log.warning(
+                "APNs token %s is a %s token but was sent to %s: the binding's environment is "
+                "wrong (app build vs pn-provider apns/apns.dev, or apns.environment)",
+                short_token(request.token),
+                other.environment,
+                request.environment,
+            )
+        return environment_check_outcome(first, second), attempts + 1
 
     async def _attempt(self, provider: Provider, request: PushRequest, budget: float) -> PushResult:
         try:
@@ -329,6 +354,45 @@ class Dispatcher:
             reason,
             hint,
         )
+
+
+def may_be_environment_mixup(request: PushRequest, result: PushResult) -> bool:
+    """Should this answer be checked in the other APNs environment before deleting?"""
+    return (
+        request.provider == ProviderName.APNS
+        and not request.environment_pinned
+        and result.verdict == Verdict.DELETE_TOKEN
+        and is_environment_mixup_candidate(result.status, result.reason)
+    )
+
+
+def environment_check_outcome(first: PushResult, second: PushResult | None) -> PushResult:
+    """The verdict once the other environment answered ``second`` (None: no time to ask).
+
+    Deleting a binding is not undoable, so only a token both environments reject goes;
+    anything inconclusive gives up on this push and keeps the binding.
+    """
+    if second is None:
+        return replace(
+            first,
+            verdict=Verdict.GIVE_UP,
+            reason=f"{first.reason}; no time left to try the other APNs environment",
+        )
+    if second.verdict == Verdict.DELIVERED:
+        return second
+    if second.verdict == Verdict.DELETE_TOKEN:
+        return first  # dead in both: BadDeviceToken from the binding's own environment
+    return replace(
+        second,
+        verdict=Verdict.GIVE_UP,
+        reason=f"{first.reason}; other APNs environment inconclusive: {second.reason}",
+    )
+
+
+def _other(environment: Environment) -> Environment:
+    if environment == Environment.PRODUCTION:
+        return Environment.SANDBOX
+    return Environment.PRODUCTION
 
 
 def _give_up(reason: str) -> PushResult:

@@ -62,6 +62,9 @@ class PushRequest:
     data: dict[str, str] = field(default_factory=dict)
     """Application payload; string values only (FCM requires it, APNs gets them as JSON)."""
     environment: Environment = Environment.PRODUCTION
+    environment_pinned: bool = False
+    """The binding chose the environment (``pn-provider=apns.dev``), not pushd's config:
+    a BadDeviceToken then cannot be an environment mix-up worth checking."""
     collapse_id: str | None = None
 
 
