@@ -60,6 +60,8 @@ ROUTES: dict[str, frozenset[str]] = {
 }
 """Path -> methods; the OpenAPI test checks this against the document both ways."""
 
+_SINGLE_HEADERS = frozenset({"content-length", "transfer-encoding", "authorization"})
+
 PUBLIC_PATHS = frozenset({"/v1/health"})
 """Paths answered without a token: load balancers and systemd probes hold no secret."""
 
@@ -164,7 +166,11 @@ def parse_head(data: bytes) -> RequestHead:
         # Whitespace before the colon is a request-smuggling vector (RFC 9112 5.1).
         if not sep or not name or name != name.strip():
             raise HttpError(400, "bad header line")
-        headers[name.lower()] = value.strip()
+        key = name.lower()
+        if key in headers and key in _SINGLE_HEADERS:
+            # Two lengths or two credentials: which one a proxy used is anyone's guess.
+            raise HttpError(400, f"{name} given twice", field=name)
+        headers[key] = value.strip()
     return RequestHead(method=method, path=target.split("?", 1)[0], headers=headers)
 
 

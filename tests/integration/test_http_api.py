@@ -266,6 +266,9 @@ def test_protocol_errors(tmp_path: Path, pki: TestPki, fake_apns: Any) -> None:
             chunked = {**AUTH, "Transfer-Encoding": "chunked"}
             answer = await http(port, "POST", "/v1/push", body=b"", headers=chunked)
             assert answer.status == 411
+            twice = {**AUTH, "content-length": "2"}
+            answer = await http(port, "POST", "/v1/push", body=b"{}", headers=twice)
+            assert answer.status == 400 and answer.json()["field"].lower() == "content-length"
             # Garbage instead of HTTP still gets a JSON answer, not a dropped connection.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"HELLO\r\n\r\n")
