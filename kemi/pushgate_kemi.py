@@ -121,7 +121,13 @@ class Pushgate:
         if not KSR.is_ACK():
             _log("in_dialog", method=KSR.pv.get("$rm"), callid=KSR.pv.get("$ci"))
         if KSR.rr.loose_route() > 0:
-            KSR.nathelper.handle_ruri_alias()
+            if KSR.siputils.is_gruu() > 0 and KSR.pv.get("$rd") == self.domain:
+                # Addressed to a GRUU (RFC 5627): the device's current flow, via usrloc.
+                if KSR.registrar.lookup("location") < 0:
+                    KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+                    return
+            else:
+                KSR.nathelper.handle_ruri_alias()
             KSR.tm.t_relay()
             return
         if KSR.is_ACK():
@@ -413,7 +419,9 @@ class Pushgate:
                 self.send_notices(held, "cancel", reason="answered_elsewhere")
                 held_calls.forget(held, callid)
         # In-dialog requests to the phone must follow its flow, not its Contact address.
-        if KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss") and KSR.hdr.is_present("Contact") > 0:
+        # A GRUU needs no alias: it is routed through usrloc to the current flow.
+        contact = str(KSR.pv.get("$ct") or "")
+        if KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss") and contact and ";gr" not in contact:
             KSR.nathelper.add_contact_alias()
         return OK
 

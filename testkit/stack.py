@@ -56,6 +56,10 @@ class Phone:
     contact_host: str | None = None
     """Host:port to put in the Contact instead of the real one (a phone behind NAT)."""
     expires: int = 600
+    outbound: bool = True
+    """RFC 5626 client (reg-id + ;ob); False: instance only, as liblinphone and baresip do."""
+    gruu: bool = False
+    """Use the GRUU (``sip:user@domain;gr=<instance>``) as dialog Contact, as liblinphone does."""
 
     def keys(self) -> dict[str, str]:
         return {
@@ -67,7 +71,15 @@ class Phone:
             "instance": self.instance,
             "expires": str(self.expires),
             "contact_transport": "tcp",
+            "ob": ";ob" if self.outbound else "",
+            "regid": ";reg-id=1" if self.outbound else "",
         }
+
+    def dialog_contact(self, hostport: str) -> str:
+        if self.gruu:
+            return f"sip:{self.user}@{DOMAIN};gr=urn:uuid:{self.instance}"
+        ob = ";ob" if self.outbound else ""
+        return f"sip:{self.user}@{hostport};transport=tcp{ob}"
 
 
 def is_call_push(record: PushRecord | FcmRecord) -> bool:
@@ -262,7 +274,11 @@ class Stack:
             logdir=self.logs,
             transport="t1",
             local_port=port,
-            keys={**phone.keys(), "contact_hostport": phone.contact_host or f"127.0.0.1:{port}"},
+            keys={
+                **phone.keys(),
+                "contact_hostport": phone.contact_host or f"127.0.0.1:{port}",
+                "dialog_contact": phone.dialog_contact(phone.contact_host or f"127.0.0.1:{port}"),
+            },
             auth=(phone.user, password or phone.password),
             ooc=ooc,
             pause_ms=keep_open_ms,

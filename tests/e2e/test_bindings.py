@@ -77,3 +77,33 @@ def test_phone_behind_nat_is_reached_over_its_flow_not_its_contact(
     caller = stack.call("dave", expect_answer=True)
     assert caller.wait(30) == 0, caller.output()[-2000:]
     assert woken and woken[0].wait(15) == 97
+
+
+def test_client_without_outbound_is_replaced_by_instance_and_reached_over_its_flow(
+    make_stack: MakeStack,
+) -> None:
+    """liblinphone/baresip style: +sip.instance but no reg-id and no ;ob."""
+    stack = make_stack()
+    phone = dataclasses.replace(stack.phone("erin"), outbound=False, contact_host="127.0.0.3:5070")
+    stack.register_and_sleep(phone)
+    stack.register_and_sleep(phone)  # a new connection, same instance
+    assert len(stack.bindings("erin")) == 1
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("erin", expect_answer=True)
+    assert caller.wait(30) == 0, caller.output()[-2000:]
+    assert woken and woken[0].wait(15) == 97
+    assert len(stack.bindings("erin")) == 1
+
+
+def test_in_dialog_requests_to_a_gruu_reach_the_phone(make_stack: MakeStack) -> None:
+    """The phone answers with its GRUU as Contact; the caller's BYE must still arrive."""
+    stack = make_stack()
+    phone = dataclasses.replace(stack.phone("fred"), gruu=True)
+    stack.register_and_sleep(phone)
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("fred", expect_answer=True)
+    assert caller.wait(30) == 0, caller.output()[-2000:]
+    assert woken and woken[0].wait(15) == 97
+    # The caller addressed its BYE to the GRUU; the proxy retargeted it to the phone's flow.
+    assert f"BYE sip:fred@pushgate.test;gr=urn:uuid:{phone.instance}" in caller.messages()
+    assert len([m for m in woken[0].received() if m.startswith("BYE ")]) == 1
