@@ -20,7 +20,7 @@ if _REPO not in sys.path:
 import KSR  # noqa: E402
 
 from kemi import held_calls, ksr_bindings  # noqa: E402
-from pushgate import registration, sipmsg, wire  # noqa: E402
+from pushgate import registration, sipmsg, wake_token, wire  # noqa: E402
 from pushgate.decision import Action, Binding, dead_targets, decide  # noqa: E402
 
 # KEMI return codes.
@@ -151,10 +151,11 @@ class Pushgate:
                 why=check.warning.replace(" ", "_"),
             )
             return
-        if self.reg_auth:
+        if self.reg_auth and not self.wake_token_ok():
             rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
             if rc < 0:
                 KSR.auth.auth_challenge(self.domain, 0)
+                _log("register_challenged", aor=self.to_aor(), rc=rc)
                 return
             KSR.auth.consume_credentials()
         # Requests to this phone go back over the flow it registered from (NAT, TCP).
@@ -177,6 +178,26 @@ class Pushgate:
             if KSR.htable.sht_get("ringing", aor) is not None:
                 KSR.tsilo.ts_append_by_contact("location", aor)
             self.resume_held(aor)
+
+    def wake_token_ok(self) -> bool:
+        """A valid one-time wake token (from our call push) stands in for digest auth."""
+        token = str(KSR.pv.get(f"$hdr({wake_token.HEADER})") or "").strip()
+        if not token:
+            return False
+        aor = self.to_aor()
+        bound = KSR.htable.sht_get("waketok", token) if wake_token.looks_like_token(token) else None
+        instances = {
+            wake_token.contact_instance(c)
+            for i in range(int(KSR.pv.get("$hdrc(Contact)") or 0))
+            for c in sipmsg.split_header_values(str(KSR.hdr.get_idx("Contact", i) or ""))
+        }
+        ok = bound is not None and any(
+            str(bound) == wake_token.binding_key(aor, inst) for inst in instances if inst
+        )
+        if bound is not None:
+            KSR.htable.sht_rm("waketok", token)  # single use, even when misused
+        _log("wake_token", aor=aor, accepted=ok)
+        return ok
 
     def check_register(self) -> registration.RegisterCheck:
         contacts: list[str] = []
@@ -321,6 +342,12 @@ class Pushgate:
         data: dict[str, str],
     ) -> None:
         hold_id = wire.HoldId(index=held.index, label=held.label, n=n)
+        if kind == "call":
+            token = wake_token.new_token()
+            ttl = max(1, int(deadline - time.time()))
+            key = wake_token.binding_key(held.aor, target["instance"])
+            KSR.htable.sht_setxs("waketok", token, key, ttl)
+            data = {**data, wake_token.PAYLOAD_KEY: token}
         message = wire.push_message(
             hold_id=hold_id,
             kind=kind,

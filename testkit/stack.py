@@ -82,6 +82,12 @@ class Phone:
         return f"sip:{self.user}@{hostport};transport=tcp{ob}"
 
 
+def push_data(record: PushRecord | FcmRecord) -> dict[str, str]:
+    """The application data of a push as the phone's app would see it."""
+    raw = record.data if isinstance(record, FcmRecord) else record.payload
+    return {k: str(v) for k, v in (raw or {}).items()}
+
+
 def is_call_push(record: PushRecord | FcmRecord) -> bool:
     """A wake-up push (VoIP / call data message), not a notice."""
     if isinstance(record, FcmRecord):
@@ -115,6 +121,8 @@ class Stack:
         self.pushd_proc: subprocess.Popen[bytes] | None = None
         self.on_push: dict[str, Callable[[PushRecord | FcmRecord], None]] = {}
         self._push_times: dict[str, float] = {}
+        self.push_log: list[tuple[float, PushRecord | FcmRecord]] = []
+        """(wall-clock time, record) of every push the fakes saw, in order."""
         self._lock = threading.Lock()
 
     # ----- lifecycle -----
@@ -258,6 +266,7 @@ class Stack:
         ring: bool = False,
         label: str | None = None,
         password: str | None = None,
+        wake_token: str | None = None,
     ) -> sipp.SippRun:
         """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
 
@@ -268,8 +277,9 @@ class Stack:
         ooc = "phone_answer_many" if many else "phone_answer" if answer else ring_only
 
         port = free_port()
+        extra = {"wake_token": wake_token} if wake_token else {}
         return sipp.start(
-            "phone_register",
+            "phone_register_fast" if wake_token else "phone_register",
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
@@ -278,6 +288,7 @@ class Stack:
                 **phone.keys(),
                 "contact_hostport": phone.contact_host or f"127.0.0.1:{port}",
                 "dialog_contact": phone.dialog_contact(phone.contact_host or f"127.0.0.1:{port}"),
+                **extra,
             },
             auth=(phone.user, password or phone.password),
             ooc=ooc,
@@ -309,6 +320,7 @@ class Stack:
         many: bool = False,
         ring: bool = False,
         delay: float = 0.0,
+        fast: bool = False,
     ) -> list[sipp.SippRun]:
         """When the fake APNs accepts a push for this phone, start its wake-up REGISTER.
 
@@ -330,6 +342,7 @@ class Stack:
                         many=many,
                         ring=ring,
                         label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}",
+                        wake_token=push_data(record).get("wake_token") if fast else None,
                     )
                 )
 
@@ -365,7 +378,9 @@ class Stack:
         if record.token is None:
             return
         with self._lock:
-            self._push_times[record.token] = time.time()
+            now = time.time()
+            self._push_times[record.token] = now
+            self.push_log.append((now, record))
             handler = self.on_push.get(record.token)
         if handler is not None and record.status == 200 and is_call_push(record):
             threading.Thread(target=handler, args=(record,), daemon=True).start()
