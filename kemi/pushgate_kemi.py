@@ -57,6 +57,7 @@ class Pushgate:
         self.providers = frozenset(_def("PN_PROVIDERS", "apns,fcm").split(","))
         self.pn_min_expires = int(_def("PN_MIN_EXPIRES", "150"))
         self.notice_ttl = int(_def("NOTICE_TTL", "60"))
+        self.msg_preview = _def("MSG_PREVIEW", "0") == "1"
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -178,6 +179,7 @@ class Pushgate:
             if KSR.htable.sht_get("ringing", aor) is not None:
                 KSR.tsilo.ts_append_by_contact("location", aor)
             self.resume_held(aor)
+            KSR.msilo.mdump_uri(aor)
 
     def wake_token_ok(self) -> bool:
         """A valid one-time wake token (from our call push) stands in for digest auth."""
@@ -225,6 +227,8 @@ class Pushgate:
 
     # ----- calls and other requests to local users -----
     def route_location(self) -> None:
+        if KSR.is_MESSAGE() and self.from_message_store():
+            KSR.pv.sets("$ru", str(KSR.pv.get("$tu")))  # msilo addresses the old Contact
         if KSR.pv.get("$rd") != self.domain and not KSR.is_myself_ruri():
             KSR.sl.sl_send_reply(403, "Relaying Forbidden")
             return
@@ -245,6 +249,9 @@ class Pushgate:
             live=len(decision.relay),
             push=len(decision.push),
         )
+        if KSR.is_MESSAGE():
+            self.route_message(aor, bindings, decision.action is Action.RELAY, decision.push)
+            return
         if decision.action is Action.UNAVAILABLE:
             KSR.tm.t_newtran()
             _reply_reason(480, "Temporarily Unavailable", decision.reason)
@@ -429,6 +436,50 @@ class Pushgate:
         return OK
 
     def ksr_failure_call(self, msg: object) -> int:
+        return OK
+
+    # ----- MESSAGE (RFC 3428): deliver now, or store (msilo) and notify by push -----
+    def route_message(
+        self, aor: str, bindings: list[Binding], live: bool, asleep: tuple[Binding, ...]
+    ) -> None:
+        if self.from_message_store():
+            # A stored message on its way out after a REGISTER: only a live flow will do;
+            # otherwise msilo keeps it for the next REGISTER.
+            if not live or not self.relay_to_bindings(bindings):
+                KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+            return
+        # Stateful from here: retransmissions must not store the message twice.
+        KSR.tm.t_newtran()
+        if live and self.relay_to_bindings(bindings):
+            KSR.tm.t_on_failure("ksr_failure_message")
+            return
+        self.store_message(aor, asleep)
+
+    def from_message_store(self) -> bool:
+        """Sent by msilo through our own socket (the marker header alone proves nothing)."""
+        if KSR.hdr.is_present("X-Pushgate-Stored") < 0:
+            return False
+        return bool(KSR.is_myself(f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}"))
+
+    def store_message(self, aor: str, asleep: tuple[Binding, ...]) -> None:
+        if KSR.msilo.mstore_uri(aor) < 0:
+            KSR.tm.t_reply(500, "Could Not Store Message")
+            return
+        KSR.tm.t_reply(202, "Accepted")
+        _log("message_stored", aor=aor, callid=KSR.pv.get("$ci"), pushed=len(asleep))
+        data = {"call_id": str(KSR.pv.get("$ci")), "sender": str(KSR.pv.get("$fu")), "aor": aor}
+        if self.msg_preview:
+            body = str(KSR.pv.get("$rb") or "")
+            data["preview"] = body[:80]
+        held = held_calls.Held(aor=aor, index=0, label=0)
+        deadline = time.time() + self.notice_ttl
+        for n, b in enumerate(asleep):
+            self.send_push(held, n, self.push_target(b), "message", deadline, data)
+
+    def ksr_failure_message(self, msg: object) -> int:
+        aor = sipmsg.aor_of(str(KSR.pv.get("$rU")), self.domain)
+        asleep = tuple(b for b in ksr_bindings.fetch(aor) if not b.alive and b.push)
+        self.store_message(aor, asleep)
         return OK
 
     # ----- replies -----

@@ -49,6 +49,7 @@ class Kamailio:
             "EVAPI_BIND": f'"127.0.0.1:{self.evapi_port}"',
             "PUSHD_SECRET": f'"{self.secret}"',
             "HOLD_TIMEOUT": str(self.hold_timeout),
+            "MSILO_PROXY": f'"sip:127.0.0.1:{self.sip_port}"',
             "RUNDIR": f'"{self.rundir}"',
             "CTL_SOCKET": f'"{self.ctl}"',
             "SIP_WORKERS": "2",

@@ -155,7 +155,7 @@ class PostgresCluster:
             f"CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}'", db="postgres", user="postgres"
         )
         self.psql(f"CREATE DATABASE {DB_NAME} OWNER {DB_USER}", db="postgres", user="postgres")
-        for name in ("standard", "usrloc", "auth_db"):
+        for name in ("standard", "usrloc", "auth_db", "msilo"):
             self.psql(file=KAMAILIO_SQL / f"{name}-create.sql")
         for path in sorted((REPO / "sql").glob("*-create.sql")):
             self.psql(file=path)

@@ -264,6 +264,7 @@ class Stack:
         answer: bool = False,
         many: bool = False,
         ring: bool = False,
+        take_message: bool = False,
         label: str | None = None,
         password: str | None = None,
         wake_token: str | None = None,
@@ -273,7 +274,7 @@ class Stack:
         ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call;
         ``ring``: ring until CANCELled, then stop SIPp.
         """
-        ring_only = "phone_ring" if ring else None
+        ring_only = "phone_ring" if ring else "phone_take_message" if take_message else None
         ooc = "phone_answer_many" if many else "phone_answer" if answer else ring_only
 
         port = free_port()
@@ -348,6 +349,15 @@ class Stack:
 
         self.on_push[phone.token] = wake
         return started
+
+    def send_message(self, callee: str, text: str, label: str = "sender") -> sipp.SippRun:
+        return sipp.start(
+            "sender_message",
+            target_port=self.kamailio.sip_port,
+            logdir=self.logs,
+            keys={"domain": DOMAIN, "callee": callee, "text": text},
+            label=label,
+        )
 
     def call(
         self, callee: str, *, expect_answer: bool, talk_ms: int = 300, label: str = "caller"
