@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import KSR
 
 from pushgate import pn_params
-from pushgate.decision import Binding, flow_alive, transport_of
+from pushgate.decision import Binding, expired, flow_alive, transport_of
 
 # Name of the contact container filled by reg_fetch_contacts.
 _C = "pg"
@@ -23,7 +25,11 @@ def fetch(aor: str) -> list[Binding]:
     try:
         count = int(KSR.pv.get(f"$(ulc({_C}=>count))") or 0)
         out = []
+        now = time.time()
         for i in range(count):
+            # usrloc hands out contacts that expired but were not purged yet: skip them.
+            if expired(int(_ulc("expires", i) or 0), now):
+                continue
             uri = _ulc("addr", i)
             received = _ulc("received", i)
             conid = int(_ulc("conid", i) or -1)

@@ -67,6 +67,11 @@ def decide(bindings: list[Binding]) -> Decision:
     return Decision(action=Action.UNAVAILABLE, reason="device unreachable and not push-capable")
 
 
+def expired(expires: int, now: float) -> bool:
+    """usrloc ``expires`` is an absolute time; 0 means a permanent binding."""
+    return 0 < expires <= now
+
+
 def dead_targets(bindings: list[Binding]) -> frozenset[str]:
     """Destinations of bindings whose flow is dead: branches to them must not be sent."""
     return frozenset(b.target or b.uri for b in bindings if not b.alive)

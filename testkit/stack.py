@@ -104,6 +104,7 @@ class Stack:
         *,
         hold_timeout: int = 30,
         secret: str = "test-secret",
+        defines: dict[str, str] | None = None,
     ) -> None:
         self.root = root
         self.pg = pg
@@ -111,7 +112,11 @@ class Stack:
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.kamailio = Kamailio(
-            workdir=root / "kamailio", db_url=pg.url, hold_timeout=hold_timeout, secret=secret
+            workdir=root / "kamailio",
+            db_url=pg.url,
+            hold_timeout=hold_timeout,
+            secret=secret,
+            extra=dict(defines or {}),
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.apns: FakeApnsThread | None = None

@@ -31,11 +31,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 @pytest.fixture
 def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """``make_stack(hold_timeout=..., pushd=True)`` starts a stack, stopped after the test."""
+    """``make_stack(hold_timeout=..., pushd=True, defines={...})`` starts a stack (stopped after
+    the test); ``defines`` override kamailio.cfg #!trydef values."""
     stacks: list[Stack] = []
 
-    def factory(*, hold_timeout: int = 30, pushd: bool = True) -> Stack:
-        stack = Stack(tmp_path / f"stack{len(stacks)}", pg, pki, hold_timeout=hold_timeout)
+    def factory(
+        *, hold_timeout: int = 30, pushd: bool = True, defines: dict[str, str] | None = None
+    ) -> Stack:
+        stack = Stack(
+            tmp_path / f"stack{len(stacks)}", pg, pki, hold_timeout=hold_timeout, defines=defines
+        )
         stacks.append(stack)
         stack.start(pushd=pushd)
         return stack

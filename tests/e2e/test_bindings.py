@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 
 import pytest
@@ -107,3 +108,13 @@ def test_in_dialog_requests_to_a_gruu_reach_the_phone(make_stack: MakeStack) -> 
     # The caller addressed its BYE to the GRUU; the proxy retargeted it to the phone's flow.
     assert f"BYE sip:fred@pushgate.test;gr=urn:uuid:{phone.instance}" in caller.messages()
     assert len([m for m in woken[0].received() if m.startswith("BYE ")]) == 1
+
+
+def test_expired_binding_is_never_pushed(make_stack: MakeStack) -> None:
+    stack = make_stack(defines={"REG_MIN_EXPIRES": "1", "PN_MIN_EXPIRES": "1"})
+    phone = dataclasses.replace(stack.phone("gail"), expires=2)
+    stack.register_and_sleep(phone)
+    assert len(stack.bindings("gail")) == 1
+    time.sleep(3)  # the binding's own lifetime, not a readiness guess
+    # usrloc's timer has not necessarily purged it yet; calls must ignore it anyway.
+    assert_480_without_push(stack, "gail")

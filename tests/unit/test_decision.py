@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pushgate import pn_params
-from pushgate.decision import Action, Binding, decide, flow_alive, transport_of
+from pushgate.decision import Action, Binding, decide, expired, flow_alive, transport_of
 
 PUSH = pn_params.parse_uri(
     "sip:a@h;pn-provider=apns;pn-prid=" + "c" * 64 + ";pn-param=ABCDE12345.com.example.app.voip"
@@ -57,3 +57,9 @@ def test_transport_from_socket_or_uri() -> None:
     assert transport_of("", "sip:1.2.3.4:5;transport=TLS", "sip:a@h") == "tls"
     assert transport_of("", "", "sip:a@h;transport=ws") == "ws"
     assert transport_of("", "", "sip:a@h") == "udp"
+
+
+def test_expired_is_absolute_and_zero_is_permanent() -> None:
+    assert expired(100, now=100.0)
+    assert not expired(101, now=100.0)
+    assert not expired(0, now=100.0)
