@@ -9,6 +9,7 @@ deadline by tm's timer. See docs/architecture.md.
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import sys
 import time
@@ -25,6 +26,8 @@ from pushgate.decision import Action, Binding, dead_targets, decide  # noqa: E40
 
 # KEMI return codes.
 OK = 1
+# CSeq tm gives a request sent with uac_req_send outside any dialog.
+UAC_CSEQ = 10
 
 
 def _def(name: str, default: str) -> str:
@@ -57,6 +60,7 @@ class Pushgate:
         self.providers = frozenset(_def("PN_PROVIDERS", "apns,fcm").split(","))
         self.pn_min_expires = int(_def("PN_MIN_EXPIRES", "150"))
         self.notice_ttl = int(_def("NOTICE_TTL", "60"))
+        self.cancel_grace = int(_def("CANCEL_GRACE", "30"))
         self.msg_preview = _def("MSG_PREVIEW", "0") == "1"
 
     def child_init(self, rank: int) -> int:
@@ -108,6 +112,7 @@ class Pushgate:
             KSR.sl.sl_send_reply(200, "OK")
             _log("cancel_held", callid=callid, aor=held.aor)
             self.send_notices(held, "cancel")
+            self.remember_cancelled(held, callid)
             held_calls.forget(held, callid)
             KSR.tmx.t_continue(held.index, held.label, "ksr_route_cancelled")
             return
@@ -179,6 +184,7 @@ class Pushgate:
             if KSR.htable.sht_get("ringing", aor) is not None:
                 KSR.tsilo.ts_append_by_contact("location", aor)
             self.resume_held(aor)
+            self.replay_cancelled_call(aor)
             KSR.msilo.mdump_uri(aor)
 
     def wake_token_ok(self) -> bool:
@@ -455,6 +461,46 @@ class Pushgate:
             return
         self.store_message(aor, asleep)
 
+    def remember_cancelled(self, held: held_calls.Held, callid: str) -> None:
+        """A pushed iPhone that wakes after the CANCEL must still see the call, then its end."""
+        call = json.dumps({"callid": callid, "caller": str(KSR.pv.get("$fu"))})
+        for target in held_calls.targets(held):
+            key = wake_token.binding_key(held.aor, target["instance"])
+            KSR.htable.sht_setxs("cancelled", key, call, self.cancel_grace)
+
+    def replay_cancelled_call(self, aor: str) -> None:
+        """INVITE the device that just woke for the call it was pushed for, then CANCEL it
+        at once with ``Reason: SIP;cause=487``, over the flow of this REGISTER."""
+        for contact in self.register_contacts():
+            instance = wake_token.contact_instance(contact)
+            key = wake_token.binding_key(aor, instance)
+            raw = KSR.htable.sht_get("cancelled", key) if instance else None
+            if raw is None:
+                continue
+            KSR.htable.sht_rm("cancelled", key)
+            call = json.loads(str(raw))
+            proto = str(KSR.pv.get("$pr"))
+            KSR.pv.sets("$uac_req(method)", "INVITE")
+            KSR.pv.sets("$uac_req(ruri)", sipmsg.contact_uri(contact))
+            KSR.pv.sets("$uac_req(turi)", aor)
+            KSR.pv.sets("$uac_req(furi)", call["caller"])
+            KSR.pv.sets("$uac_req(callid)", call["callid"])
+            KSR.pv.sets(
+                "$uac_req(ouri)", f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')};transport={proto}"
+            )
+            KSR.pv.sets("$uac_req(sock)", f"{proto}:{KSR.pv.get('$Ri')}:{KSR.pv.get('$Rp')}")
+            KSR.pv.sets("$uac_req(hdrs)", "Max-Forwards: 70\r\n")
+            # Cancelled as soon as it rings (tm only sends a CANCEL after a provisional).
+            KSR.htable.sht_setxs("cancelled", "replay:" + call["callid"], "1", 32)
+            if KSR.uac.uac_req_send() > 0:
+                _log("cancelled_call_replayed", aor=aor, callid=call["callid"])
+
+    def register_contacts(self) -> list[str]:
+        contacts: list[str] = []
+        for i in range(int(KSR.pv.get("$hdrc(Contact)") or 0)):
+            contacts += sipmsg.split_header_values(str(KSR.hdr.get_idx("Contact", i) or ""))
+        return [c for c in contacts if c.strip() != "*"]
+
     def from_message_store(self) -> bool:
         """Sent by msilo through our own socket (the marker header alone proves nothing)."""
         if KSR.hdr.is_present("X-Pushgate-Stored") < 0:
@@ -484,6 +530,12 @@ class Pushgate:
 
     # ----- replies -----
     def ksr_reply_route(self, msg: object) -> int:
+        status = int(KSR.pv.get("$rs") or 0)
+        if status < 200 and KSR.is_method_in("I"):
+            callid = str(KSR.pv.get("$ci"))
+            if KSR.htable.sht_get("cancelled", "replay:" + callid) is not None:
+                KSR.htable.sht_rm("cancelled", "replay:" + callid)
+                KSR.tmx.t_cancel_callid_reason(callid, str(UAC_CSEQ), 0, 487)
         return OK
 
     def ksr_reply_call(self, msg: object) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from testkit import sipp
+from testkit.procs import wait_until
 from testkit.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -57,3 +58,30 @@ def test_nobody_answers_480_and_a_missed_call_alert(make_stack: MakeStack) -> No
     pushes = stack.apns.wait_for_pushes(2, timeout=5)
     assert [p.push_type for p in pushes] == ["voip", "alert"]
     assert pushes[1].token == phone.token
+
+
+def test_device_waking_after_the_cancel_still_gets_the_invite_then_a_cancel(
+    make_stack: MakeStack,
+) -> None:
+    """iOS must report every VoIP push to CallKit: the late phone sees the call, then its end."""
+    stack = make_stack(hold_timeout=20)
+    phone = stack.phone("carol")
+    stack.register_and_sleep(phone)
+    late = stack.wake_on_push(phone, ring=True, delay=1.0)  # wakes after the caller gave up
+    caller = sipp.start(
+        "caller_cancel",
+        target_port=stack.kamailio.sip_port,
+        logdir=stack.logs,
+        keys={"domain": "pushgate.test", "callee": "carol"},
+        pause_ms=300,
+        label="canceller",
+    )
+    assert caller.wait(10) == 0, caller.output()[-2000:]
+    wait_until(lambda: bool(late), 10, "the late wake-up")
+    assert late[0].wait(15) == 97, "the late phone got INVITE then CANCEL"
+    requests = [m for m in late[0].received() if not m.startswith("SIP/2.0")]
+    kinds = [m.split(" ", 1)[0] for m in requests]
+    assert kinds == ["INVITE", "CANCEL", "ACK"]
+    (push,) = [p for p in stack.apns.pushes if p.push_type == "voip"] if stack.apns else []
+    call_id = push.payload.get("call_id")
+    assert all(f"Call-ID: {call_id}" in m for m in requests), "same Call-ID as the push"
