@@ -3,8 +3,10 @@
 :class:`Linphone` writes a linphonerc into a private directory (which is also the
 process's ``$HOME``, so liblinphone's databases and caches stay there) and starts
 ``linphonec -c <rc> -a`` (auto-answer) with a debug log (``-d 6 -l``) that carries every
-SIP message it sends and receives. The config keeps linphonec on loopback and TCP only:
-no UDP/TLS listener, no IPv6, no STUN/ICE/TURN/UPnP, no video, no sound card needed.
+SIP message it sends and receives. The config makes linphonec talk to the registrar at
+127.0.0.1 over TCP and to nothing else: no UDP/TLS listener, no IPv6, no STUN/ICE/TURN/UPnP,
+no video, files instead of a sound card. (Its SIP and RTP sockets still listen on 0.0.0.0:
+liblinphone has no bind-address setting.)
 
 The phone "sleeps" by :meth:`Linphone.kill` (SIGKILL: no un-REGISTER, the kernel closes
 its TCP connection) and is "woken" by :meth:`Linphone.start` again with the same
@@ -39,7 +41,6 @@ LINPHONEC = "/usr/bin/linphonec"
 _SENT = re.compile(r"message sent to \[(?P<peer>[^\]]*)\], size: \[\d+\] bytes$")
 _RECEIVED = re.compile(r"received \[\d+\] new bytes from \[(?P<peer>[^\]]*)\]:$")
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d:\d{3} ")
-_LISTENING = re.compile(r"Listening point \[\w+\] on \[sip:[^\]]*:(?P<port>\d+);transport=TCP\]")
 _START_LINE = re.compile(r"^(SIP/2\.0 \d{3} |[A-Z]+ sips?:)")
 _REGISTERED = "to [LinphoneRegistrationOk]"
 
@@ -99,8 +100,10 @@ class Linphone:
     push_parameters: str
     """``pn-provider=...;pn-prid=...;pn-param=...[;pn-...]`` as the style's key takes it."""
     expires: int = 600
+    rtp_port: int = field(default_factory=free_port)
     runs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _closed: bool = False
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +149,7 @@ class Linphone:
             "stun_server=\n"
             "protocols=\n"
             "\n[rtp]\n"
-            f"audio_rtp_port={free_port(host='127.0.0.1')}\n"
+            f"audio_rtp_port={self.rtp_port}\n"
             "\n[video]\n"
             "enabled=0\ncapture=0\ndisplay=0\nautomatically_initiate=0\nautomatically_accept=0\n"
             "\n[misc]\n"
@@ -189,7 +192,7 @@ class Linphone:
         Its stdin stays an open pipe: linphonec quits on end of input.
         """
         with self._lock:
-            if self.running():
+            if self.running() or self._closed:
                 return
             n = len(self.runs)
             env = {
@@ -220,9 +223,15 @@ class Linphone:
                     start_new_session=True,
                 )
             self.runs.append(proc)
+            # No sound card, even where one exists: linphonec plays and records files.
+            # (Should linphonec die at once, wait_registered() tells why.)
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):
+                proc.stdin.write(b"soundcard use files\n")
+                proc.stdin.flush()
 
     def command(self, line: str) -> None:
-        """Type a linphonec command (``terminate``, ``quit``, ...)."""
+        """Type a linphonec command (``terminate``, ``quit``, ``soundcard use files``, ...)."""
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.poll() is None
         proc.stdin.write(line.encode() + b"\n")
@@ -242,7 +251,9 @@ class Linphone:
                     proc.stdin.close()
 
     def stop(self) -> None:
-        """Clean-up: kill whatever run is still alive (never leaves a process behind)."""
+        """Clean-up: kill every run still alive; no later start() (a late push) starts one."""
+        with self._lock:
+            self._closed = True
         for proc in self.runs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -267,28 +278,22 @@ class Linphone:
         """linphonec itself saw its REGISTER answered 200 in this run."""
         return _REGISTERED in self.log_text(run)
 
-    def listening_port(self, run: int = -1) -> int | None:
-        m = _LISTENING.search(self.log_text(run))
-        return int(m.group("port")) if m else None
-
     def messages(self, run: int = -1) -> list[SipMessage]:
         """Every SIP message linphonec sent or received in this run, in order."""
         out: list[SipMessage] = []
         lines = self.log_text(run).splitlines()
         i = 0
         while i < len(lines):
-            line = lines[i]
-            m = _SENT.search(line) or _RECEIVED.search(line)
+            m = _SENT.search(lines[i]) or _RECEIVED.search(lines[i])
             i += 1
-            if m is None or not _LOG_LINE.match(line):
+            if m is None:
                 continue
             body: list[str] = []
             while i < len(lines) and not _LOG_LINE.match(lines[i]):
                 body.append(lines[i])
                 i += 1
-            text = "\n".join(body).strip()
-            if _START_LINE.match(text):
-                out.append(SipMessage(out=m.re is _SENT, peer=m.group("peer"), text=text))
+            sent = m.re is _SENT
+            out += [SipMessage(sent, m.group("peer"), text) for text in _split_messages(body)]
         return out
 
     def contacts_sent(self, run: int = -1) -> list[str]:
@@ -298,6 +303,13 @@ class Linphone:
             for msg in self.messages(run)
             if msg.out and msg.method == "REGISTER" and (c := msg.header("Contact")) is not None
         ]
+
+    def contact_uri(self, run: int = -1) -> str:
+        """The Contact URI (without ``<>`` and header params) of this run's last REGISTER."""
+        contacts = self.contacts_sent(run)
+        if not contacts:
+            raise AssertionError(f"linphonec {self.user} sent no REGISTER in run {run}")
+        return contacts[-1].split("<", 1)[1].split(">", 1)[0]
 
     def wait_registered(self, timeout: float = 10) -> None:
         """Until this run's REGISTER got its 200 (or the process died)."""
@@ -310,3 +322,15 @@ class Linphone:
             return self.registered()
 
         wait_until(done, timeout, f"linphonec {self.user} to register", step=0.05)
+
+
+def _split_messages(lines: list[str]) -> list[str]:
+    """The SIP messages of one logged read or write: one read may carry several
+    (Kamailio's 200 to the wake-up REGISTER and the held INVITE right behind it)."""
+    messages: list[list[str]] = []
+    for line in lines:
+        if _START_LINE.match(line):
+            messages.append([])
+        if messages:
+            messages[-1].append(line)
+    return ["\n".join(m).strip() for m in messages]
