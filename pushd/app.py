@@ -30,6 +30,7 @@ from pushd.http_api import ApiHandler, HttpApi
 from pushd.kamailio_link import KamailioLink
 from pushd.metrics import Metrics
 from pushd.model import Environment, Provider, ProviderName, PushKind, Verdict
+from pushd.refresh import Refresher, dsn_secrets, start_refresher
 
 log = logging.getLogger("pushd.app")
 
@@ -110,6 +111,7 @@ class PushDaemon:
         self.dispatcher: Dispatcher | None = None
         self.api: HttpApi | None = None
         self._link_task: asyncio.Task[None] | None = None
+        self.refresher: Refresher | None = None
 
     async def start(self) -> None:
         """Build providers and start talking to Kamailio; returns once that is under way."""
@@ -126,6 +128,7 @@ class PushDaemon:
             max_in_flight=self.config.limits.max_in_flight,
         )
         self._link_task = asyncio.create_task(self.link.run(), name="kamailio-link")
+        self.refresher = start_refresher(self.config, self.dispatcher.submit, self.link.send_result)
         await self._start_api(self.dispatcher)
 
     async def _start_api(self, dispatcher: Dispatcher) -> None:
@@ -168,6 +171,8 @@ class PushDaemon:
     async def stop(self) -> None:
         """Graceful stop: refuse new pushes, let in-flight ones finish briefly, flush, close."""
         grace = self.config.limits.shutdown_grace
+        if self.refresher is not None:
+            await self.refresher.stop()
         if self.api is not None:
             self.api.stop_listening()
         if self.dispatcher is not None:
@@ -216,6 +221,8 @@ def _secrets(config: Config) -> list[str]:
         out.append(config.kamailio.secret.reveal())
     if config.api is not None and config.api.token is not None:
         out.append(config.api.token.reveal())
+    if config.refresh is not None:
+        out.extend(dsn_secrets(config.refresh.database))
     return out
 
 

@@ -154,6 +154,19 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RefreshConfig:
+    """Binding refresh by push (``pushd.refresh``, docs/refresh.md)."""
+
+    database: Secret
+    """libpq DSN of Kamailio's usrloc database (``location`` table); a secret."""
+    interval: float = 30.0
+    """Seconds between two reads of the location table."""
+    lead: float = 150.0
+    """Push this many seconds before a binding expires (RFC 8599 §5.5: at least 120)."""
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     path: Path
     kamailio: KamailioConfig
@@ -163,6 +176,7 @@ class Config:
     api: ApiConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    refresh: RefreshConfig | None = None
 
     @property
     def providers(self) -> tuple[ProviderName, ...]:
@@ -187,6 +201,8 @@ class Config:
         r = self.retry
         parts.append(f"retry={r.initial_delay:g}s..{r.max_delay:g}s x{r.multiplier:g}")
         parts.append(f"log={self.log.level}/{self.log.format}")
+        if self.refresh is not None and self.refresh.enabled:
+            parts.append(f"refresh=every {self.refresh.interval:g}s lead {self.refresh.lead:g}s")
         return " ".join(parts)
 
 
@@ -314,6 +330,14 @@ class _Section:
             raise self.error(name, f"must be in [{low}, {high}] (got {value})")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(name, f"must be true or false (got {value!r})")
+        return value
+
     def section(self, name: str) -> _Section | None:
         value = self.raw(name)
         if value is None:
@@ -354,6 +378,8 @@ class _Parser:
         log_cfg = self.log(log_s) if log_s else LogConfig()
         limits_s = top.section("limits")
         limits = self.limits(limits_s) if limits_s else LimitsConfig()
+        refresh_s = top.section("refresh")
+        refresh = self.refresh(refresh_s, path) if refresh_s else None
         top.finish()
         if apns is None and fcm is None:
             raise ConfigError(self.src, "apns", "at least one provider (apns or fcm) is required")
@@ -368,6 +394,7 @@ class _Parser:
             api=api,
             log=log_cfg,
             limits=limits,
+            refresh=refresh,
         )
 
     # -- sections --------------------------------------------------------------------------
@@ -506,6 +533,46 @@ class _Parser:
             max_in_flight=max_in_flight, result_queue=result_queue, shutdown_grace=grace
         )
 
+    def refresh(self, s: _Section, path: Path) -> RefreshConfig:
+        inline = s.opt_str("database")
+        dsn_file = self.path(s, "database_file")
+        if inline is not None and dsn_file is not None:
+            raise s.error("database", "give either database or database_file, not both")
+        if inline is None and dsn_file is None:
+            raise s.error("database", "required (or database_file): DSN of the usrloc database")
+        interval = s.number("interval", 30.0, low=1.0, high=3600.0)
+        lead = s.number("lead", 150.0, low=120.0, high=86400.0)
+        enabled = s.flag("enabled", True)
+        s.finish()
+        if interval >= lead:
+            raise s.error("interval", f"must be < refresh.lead ({lead:g}) or bindings slip by")
+        if lead - interval < 120:
+            log.warning(
+                "refresh.lead %g - refresh.interval %g < 120: some pushes will come later "
+                "than RFC 8599's 120 s before expiry",
+                lead,
+                interval,
+            )
+        if dsn_file is not None:
+            secret = Secret(file=dsn_file)
+            if self.check_files:
+                self.require_file(s, "database_file", dsn_file)
+                try:
+                    dsn = secret.reveal()
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise s.error("database_file", f"cannot read {dsn_file}: {exc}") from exc
+                if not dsn:
+                    raise s.error("database_file", f"{dsn_file} is empty")
+                _check_dsn(s, "database_file", dsn)
+                self._warn_if_readable(dsn_file, "is refresh.database_file")
+        else:
+            assert inline is not None
+            secret = Secret(inline)
+            _check_dsn(s, "database", inline)
+            if self.check_files:
+                self._warn_if_readable(path, "holds refresh.database")
+        return RefreshConfig(database=secret, interval=interval, lead=lead, enabled=enabled)
+
     # -- value helpers ---------------------------------------------------------------------
 
     def host_port(self, s: _Section, name: str, host: str, port: int) -> tuple[str, int]:
@@ -609,6 +676,16 @@ class _Parser:
                 what,
                 stat.S_IMODE(mode),
             )
+
+
+def _check_dsn(s: _Section, name: str, dsn: str) -> None:
+    import psycopg2.extensions
+
+    try:
+        psycopg2.extensions.parse_dsn(dsn)
+    except psycopg2.Error:
+        # psycopg2's message quotes the DSN, password included: say less.
+        raise s.error(name, "not a libpq connection string or postgresql:// URL") from None
 
 
 def _join_host_port(host: str, port: int) -> str:
