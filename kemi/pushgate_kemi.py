@@ -20,7 +20,7 @@ if _REPO not in sys.path:
 
 import KSR  # noqa: E402
 
-from kemi import held_calls, ksr_bindings  # noqa: E402
+from kemi import held_calls, ksr_bindings, metrics  # noqa: E402
 from pushgate import registration, sipmsg, wake_token, wire  # noqa: E402
 from pushgate.decision import Action, Binding, dead_targets, decide  # noqa: E402
 
@@ -37,9 +37,10 @@ def _def(name: str, default: str) -> str:
 
 
 def _log(event: str, **fields: object) -> None:
-    """One timeline line: grep 'pushgate:' in the log."""
+    """One timeline line (grep 'pushgate:' in the log), counted in the metrics too."""
     parts = " ".join(f"{k}={v}" for k, v in fields.items())
     KSR.info(f"pushgate: t={time.time():.3f} event={event} {parts}\n")
+    metrics.observe(event, fields)
 
 
 def _reply_reason(code: int, reason: str, text: str) -> None:
@@ -61,6 +62,9 @@ class Pushgate:
         self.pn_min_expires = int(_def("PN_MIN_EXPIRES", "150"))
         self.notice_ttl = int(_def("NOTICE_TTL", "60"))
         self.cancel_grace = int(_def("CANCEL_GRACE", "30"))
+        self.metrics_allow = frozenset(
+            ip.strip() for ip in _def("METRICS_ALLOW", "127.0.0.1").split(",") if ip.strip()
+        )
         self.msg_preview = _def("MSG_PREVIEW", "0") == "1"
 
     def child_init(self, rank: int) -> int:
@@ -558,12 +562,27 @@ class Pushgate:
     def ksr_onsend_route(self, msg: object) -> int:
         return OK
 
+    # ----- HTTP on the SIP TCP port: Prometheus metrics only -----
+    def ksr_xhttp_event(self, msg: object, evname: str = "") -> int:
+        allowed = str(KSR.pv.get("$si")) in self.metrics_allow
+        if allowed and str(KSR.pv.get("$hu") or "").startswith("/metrics"):
+            KSR.xhttp_prom.dispatch()
+        else:
+            KSR.xhttp.xhttp_reply(
+                403 if not allowed else 404,
+                "Forbidden" if not allowed else "Not Found",
+                "text/plain",
+                "",
+            )
+        return OK
+
     # ----- pushd channel (evapi) -----
     def ksr_evapi_event(self, msg: object, evname: str) -> int:
         conidx = str(KSR.pv.get("$evapi(conidx)"))
         if evname == "evapi:connection-closed":
             if KSR.htable.sht_get("pushd", "c" + conidx) is not None:
                 KSR.htable.sht_rm("pushd", "c" + conidx)
+                metrics.pushd_connected(KSR.htable.sht_match_name("pushd", "sw", "c") > 0)
                 _log("pushd_disconnected", conidx=conidx)
             return OK
         if evname != "evapi:message-received":
@@ -590,6 +609,7 @@ class Pushgate:
             return
         KSR.evapi.set_tag("pushd")
         KSR.htable.sht_seti("pushd", "c" + conidx, 1)
+        metrics.pushd_connected(True)
         KSR.evapi.relay_unicast(wire.control_message("welcome", version=wire.VERSION), "pushd")
         _log("pushd_connected", conidx=conidx, agent=message.get("agent", "?"))
 

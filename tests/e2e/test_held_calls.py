@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import urllib.request
 import statistics
 import time
 from collections.abc import Callable
@@ -83,3 +84,18 @@ def test_hung_pushd_does_not_delay_other_sip_traffic(make_stack: MakeStack) -> N
     # Non-blocking, not a benchmark: a blocked worker would cost seconds, not ms.
     assert max(during) < 250, (statistics.median(baseline), max(during))
     assert register_s < 2
+
+
+def test_metrics_count_what_the_timeline_shows(make_stack: MakeStack) -> None:
+    stack = make_stack(hold_timeout=2)
+    phone = stack.phone("mia")
+    stack.register_and_sleep(phone)
+    caller = stack.call("mia", expect_answer=False)
+    assert caller.wait(10) == 0
+    body = urllib.request.urlopen(
+        f"http://127.0.0.1:{stack.kamailio.sip_port}/metrics", timeout=5
+    ).read().decode()
+    assert 'kamailio_pushgate_requests_total{method="INVITE", action="push"} 1' in body
+    assert 'kamailio_pushgate_pushes_total{kind="call"} 1' in body
+    assert 'kamailio_pushgate_held_calls_total{outcome="timeout"} 1' in body
+    assert "kamailio_pushgate_pushd_connected 1" in body

@@ -1,0 +1,39 @@
+"""Prometheus counters kept by Kamailio's xhttp_prom (declared in kamailio.cfg).
+
+Every timeline event the routing logs is also counted here, so the log and the metrics
+never disagree.
+"""
+
+from __future__ import annotations
+
+import KSR
+
+# event -> (counter, label fields taken from the event, or fixed label values)
+_EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "request_in": ("requests", ("method", "action")),
+    "push_request": ("pushes", ("kind",)),
+    "push_result": ("push_results", ("verdict",)),
+    "resume": ("held_calls", ("=resumed",)),
+    "hold_timeout": ("held_calls", ("=timeout",)),
+    "push_failed_reply": ("held_calls", ("=push_failed",)),
+    "cancel_held": ("held_calls", ("=cancelled",)),
+    "push_unavailable": ("held_calls", ("=pushd_unavailable",)),
+    "wake_token": ("wake_tokens", ("accepted",)),
+}
+
+
+def observe(event: str, fields: dict[str, object]) -> None:
+    spec = _EVENTS.get(event)
+    if spec is None:
+        return
+    name, label_specs = spec
+    labels = [s[1:] if s.startswith("=") else str(fields.get(s, "")) for s in label_specs]
+    metric = f"pushgate_{name}_total"
+    if len(labels) == 1:
+        KSR.xhttp_prom.counter_inc_l1(metric, 1, labels[0])
+    else:
+        KSR.xhttp_prom.counter_inc_l2(metric, 1, labels[0], labels[1])
+
+
+def pushd_connected(up: bool) -> None:
+    KSR.xhttp_prom.gauge_set_l0("pushgate_pushd_connected", "1" if up else "0")
