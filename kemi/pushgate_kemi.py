@@ -26,6 +26,8 @@ from pushgate.decision import Action, Binding, dead_targets, decide  # noqa: E40
 
 # KEMI return codes.
 OK = 1
+# The placeholder secret in kamailio.cfg: never accepted.
+DEFAULT_SECRET = "change-me"
 # CSeq tm gives a request sent with uac_req_send outside any dialog.
 UAC_CSEQ = 10
 
@@ -603,7 +605,14 @@ class Pushgate:
 
     def on_hello(self, conidx: str, message: dict) -> None:  # type: ignore[type-arg]
         given = str(message.get("secret", ""))
-        if not self.secret or not hmac.compare_digest(given.encode(), self.secret.encode()):
+        if self.secret in ("", DEFAULT_SECRET):
+            KSR.err(
+                "pushgate: PUSHD_SECRET is not set (still the default): refusing pushd; "
+                "define it in kamailio-local.cfg and in pushd's kamailio.secret\n"
+            )
+            KSR.evapi.close()
+            return
+        if not hmac.compare_digest(given.encode(), self.secret.encode()):
             KSR.err("pushgate: pushd hello with a wrong secret, closing\n")
             KSR.evapi.close()
             return

@@ -105,3 +105,13 @@ def test_unserved_provider_and_too_short_expiry_are_refused(
     assert run.final_response()[0] == status
     assert header in run.received()[-1]
     assert stack.bindings("alice") == []
+
+
+def test_pushd_is_refused_while_the_secret_is_the_default(make_stack: MakeStack) -> None:
+    stack = make_stack(pushd=False, defines={"PUSHD_SECRET": '"change-me"'})
+    stack.kamailio.secret = "change-me"
+    stack.start_pushd(wait=False)
+    wait_until(
+        lambda: "PUSHD_SECRET is not set" in stack.kamailio.log.read_text(), 15, "the refusal"
+    )
+    assert stack.count_events("pushd_connected") == 0
