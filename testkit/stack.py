@@ -105,8 +105,10 @@ class Stack:
         hold_timeout: int = 30,
         secret: str = "test-secret",
         defines: dict[str, str] | None = None,
+        refresh_interval: float | None = None,
     ) -> None:
         self.root = root
+        self.refresh_interval = refresh_interval
         self.pg = pg
         self.pki = pki
         self.logs = root / "logs"
@@ -186,6 +188,8 @@ class Stack:
             "retry": {"initial_delay": 0.1, "max_delay": 1},
             "log": {"level": "info"},
         }
+        if self.refresh_interval is not None:
+            cfg["refresh"] = {"database": self.pg.dsn, "interval": self.refresh_interval}
         path = self.root / "pushd.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path

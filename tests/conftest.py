@@ -36,10 +36,19 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
     stacks: list[Stack] = []
 
     def factory(
-        *, hold_timeout: int = 30, pushd: bool = True, defines: dict[str, str] | None = None
+        *,
+        hold_timeout: int = 30,
+        pushd: bool = True,
+        defines: dict[str, str] | None = None,
+        refresh_interval: float | None = None,
     ) -> Stack:
         stack = Stack(
-            tmp_path / f"stack{len(stacks)}", pg, pki, hold_timeout=hold_timeout, defines=defines
+            tmp_path / f"stack{len(stacks)}",
+            pg,
+            pki,
+            hold_timeout=hold_timeout,
+            defines=defines,
+            refresh_interval=refresh_interval,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)
