@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
 import statistics
 import time
+import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -92,9 +92,11 @@ def test_metrics_count_what_the_timeline_shows(make_stack: MakeStack) -> None:
     stack.register_and_sleep(phone)
     caller = stack.call("mia", expect_answer=False)
     assert caller.wait(10) == 0
-    body = urllib.request.urlopen(
-        f"http://127.0.0.1:{stack.kamailio.sip_port}/metrics", timeout=5
-    ).read().decode()
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.kamailio.sip_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
     assert 'kamailio_pushgate_requests_total{method="INVITE", action="push"} 1' in body
     assert 'kamailio_pushgate_pushes_total{kind="call"} 1' in body
     assert 'kamailio_pushgate_held_calls_total{outcome="timeout"} 1' in body
