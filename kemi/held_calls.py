@@ -9,6 +9,7 @@ htable ``holdpush``  "<index>:<label>:<n>"    -> JSON of push target n      canc
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import KSR
@@ -37,9 +38,9 @@ class Held:
         return cls(aor=aor, index=index, label=label)
 
 
-def hold(held: Held, callid: str, deadline: float, targets: list[dict[str, str]]) -> None:
-    """A suspended INVITE waiting for one of ``targets`` to wake up."""
-    KSR.htable.sht_seti("hold", held.key, int(deadline))
+def hold(held: Held, callid: str, timeout: int, targets: list[dict[str, str]]) -> None:
+    """A suspended INVITE waiting up to ``timeout`` s for one of ``targets`` to wake up."""
+    KSR.htable.sht_seti("hold", held.key, int(time.time()) + timeout)
     KSR.htable.sht_seti("pushreq", held.tx_key, len(targets))
     remember(held, callid, targets)
 

@@ -1,0 +1,60 @@
+"""MESSAGE (RFC 3428): deliver to a live flow, else store with msilo and notify by push."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import KSR
+
+from kemi import held_calls, pushing
+from kemi.settings import Settings, log
+from pushgate.decision import Binding
+
+# msilo adds this header to the messages it sends back out (kamailio.cfg extra_hdrs).
+STORED_MARKER = "X-Pushgate-Stored"
+PREVIEW_CHARS = 80
+
+
+def from_message_store() -> bool:
+    """Sent by msilo through our own socket (the marker header alone proves nothing)."""
+    if KSR.hdr.is_present(STORED_MARKER) < 0:
+        return False
+    return bool(KSR.is_myself(f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}"))
+
+
+def route(
+    settings: Settings,
+    aor: str,
+    live: bool,
+    asleep: tuple[Binding, ...],
+    relay: Callable[[], bool],
+) -> None:
+    if from_message_store():
+        # A stored message on its way out after a REGISTER: only a live flow will do;
+        # otherwise msilo keeps it for the next REGISTER.
+        if not live or not relay():
+            KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+        return
+    # Stateful from here: retransmissions must not store the message twice.
+    KSR.tm.t_newtran()
+    if live and relay():
+        KSR.tm.t_on_failure("ksr_failure_message")
+        return
+    store(settings, aor, asleep)
+
+
+def store(settings: Settings, aor: str, asleep: tuple[Binding, ...]) -> None:
+    if KSR.msilo.mstore_uri(aor) < 0:
+        KSR.tm.t_reply(500, "Could Not Store Message")
+        return
+    KSR.tm.t_reply(202, "Accepted")
+    callid = str(KSR.pv.get("$ci"))
+    log("message_stored", aor=aor, callid=callid, pushed=len(asleep))
+    data = {"call_id": callid, "sender": str(KSR.pv.get("$fu")), "aor": aor}
+    if settings.msg_preview:
+        data["preview"] = str(KSR.pv.get("$rb") or "")[:PREVIEW_CHARS]
+    held = held_calls.Held(aor=aor, index=0, label=0)  # no transaction waits on it
+    deadline = time.time() + settings.notice_ttl
+    for n, b in enumerate(asleep):
+        pushing.send(held, n, pushing.target(b), "message", deadline, data)

@@ -1,0 +1,95 @@
+"""Asking pushd for pushes over evapi: call pushes (with a wake token) and notices."""
+
+from __future__ import annotations
+
+import time
+
+import KSR
+
+from kemi import held_calls, ksr_bindings
+from kemi.settings import Settings, log
+from pushgate import wake_token, wire
+from pushgate.decision import Binding
+
+
+def target(b: Binding) -> dict[str, str]:
+    """What pushd needs to reach one binding (kept in htables while the call lasts)."""
+    assert b.push is not None
+    return {
+        "provider": b.push.raw_provider,
+        "prid": b.push.prid,
+        "param": b.push.param,
+        "ruid": b.ruid,
+        "instance": b.instance,
+    }
+
+
+def call_data(aor: str) -> dict[str, str]:
+    """Push payload of a call (our app contract; RFC 8599 leaves it open)."""
+    return {
+        "call_id": str(KSR.pv.get("$ci")),
+        "caller": str(KSR.pv.get("$fu")),
+        "caller_name": str(KSR.pv.get("$fn") or ""),
+        "aor": aor,
+    }
+
+
+def send(
+    held: held_calls.Held,
+    n: int,
+    dest: dict[str, str],
+    kind: str,
+    deadline: float,
+    data: dict[str, str],
+) -> None:
+    """One push request; call pushes carry a one-time wake token for that device."""
+    hold_id = wire.HoldId(index=held.index, label=held.label, n=n)
+    if kind == "call":
+        token = wake_token.new_token()
+        ttl = max(1, int(deadline - time.time()))
+        key = wake_token.binding_key(held.aor, dest["instance"])
+        KSR.htable.sht_setxs("waketok", token, key, ttl)
+        data = {**data, wake_token.PAYLOAD_KEY: token}
+    message = wire.push_message(
+        hold_id=hold_id,
+        kind=kind,
+        provider=dest["provider"],
+        prid=dest["prid"],
+        param=dest["param"],
+        aor=held.aor,
+        ruid=dest["ruid"],
+        instance=dest["instance"],
+        deadline=deadline,
+        data=data,
+    )
+    rc = KSR.evapi.relay_multicast(message, "pushd")
+    log("push_request", kind=kind, aor=held.aor, callid=data["call_id"], id=hold_id, rc=rc)
+
+
+def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, str]]) -> None:
+    deadline = time.time() + settings.hold_timeout
+    for n, dest in enumerate(dests):
+        send(held, n, dest, "call", deadline, call_data(held.aor))
+
+
+def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: str = "") -> None:
+    """Tell pushed devices the call is over (cancelled / missed): alert pushes, not VoIP.
+
+    Devices that woke hear about it over SIP (CANCEL with Reason); only the ones still
+    asleep need a push.
+    """
+    data = {
+        "call_id": str(KSR.pv.get("$ci")),
+        "caller": str(KSR.pv.get("$fu")),
+        "aor": held.aor,
+        "reason": reason or kind,
+    }
+    deadline = time.time() + settings.notice_ttl
+    awake = {b.instance for b in ksr_bindings.fetch(held.aor) if b.alive}
+    for n, dest in enumerate(held_calls.targets(held)):
+        if dest["instance"] not in awake:
+            send(held, n, dest, kind, deadline, data)
+
+
+def pushd_connected() -> bool:
+    return bool(KSR.htable.sht_match_name("pushd", "sw", "c") > 0)
