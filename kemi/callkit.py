@@ -19,6 +19,7 @@ from pushgate import sipmsg, wake_token
 # CSeq tm gives a request sent with uac_req_send outside any dialog.
 UAC_CSEQ = 10
 _REPLAY = "replay:"
+CANCEL_REASON = 'Reason: SIP;cause=487;text="Call cancelled"'
 
 
 def remember_cancelled(settings: Settings, held: held_calls.Held, callid: str) -> None:
@@ -50,14 +51,38 @@ def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
         )
         KSR.pv.sets("$uac_req(sock)", f"{proto}:{KSR.pv.get('$Ri')}:{KSR.pv.get('$Rp')}")
         KSR.pv.sets("$uac_req(hdrs)", "Max-Forwards: 70\r\n")
-        # tm sends a CANCEL only after a provisional reply: cancel when it rings.
-        KSR.htable.sht_setxs("cancelled", _REPLAY + call["callid"], "1", 32)
+        # A CANCEL may only follow a provisional reply: cancel when it rings.
+        ruri = sipmsg.contact_uri(contact)
+        KSR.htable.sht_setxs("cancelled", _REPLAY + call["callid"], ruri, 32)
         if KSR.uac.uac_req_send() > 0:
             log("cancelled_call_replayed", aor=aor, callid=call["callid"])
 
 
 def cancel_if_replayed(callid: str) -> None:
-    """On a provisional reply to one of our replayed INVITEs: CANCEL it now."""
-    if KSR.htable.sht_get("cancelled", _REPLAY + callid) is not None:
-        KSR.htable.sht_rm("cancelled", _REPLAY + callid)
-        KSR.tmx.t_cancel_callid_reason(callid, str(UAC_CSEQ), 0, 487)
+    """On a provisional reply to one of our replayed INVITEs: CANCEL it now.
+
+    Built here rather than by tm: tm 5.6 leaves the Reason header out of CANCELs of
+    locally generated INVITEs, and CallKit apps read it. The CANCEL copies the INVITE's
+    Via (top Via of this reply), From, To, Call-ID and CSeq number, as RFC 3261 §9.1
+    asks; tm's INVITE transaction then takes the 487 and ACKs it.
+    """
+    ruri = KSR.htable.sht_get("cancelled", _REPLAY + callid)
+    if ruri is None:
+        return
+    KSR.htable.sht_rm("cancelled", _REPLAY + callid)
+    to_uri = str(KSR.pv.get("$tu"))
+    cancel = (
+        f"CANCEL {ruri} SIP/2.0\r\n"
+        f"Via: {KSR.pv.get('$hdr(Via)')}\r\n"
+        f"From: {KSR.pv.get('$hdr(From)')}\r\n"
+        f"To: <{to_uri}>\r\n"
+        f"Call-ID: {callid}\r\n"
+        f"CSeq: {UAC_CSEQ} CANCEL\r\n"
+        "Max-Forwards: 70\r\n"
+        f"{CANCEL_REASON}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    proto = str(KSR.pv.get("$pr"))
+    dest = f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')};transport={proto}"
+    if KSR.corex.send_data(dest, cancel) > 0:
+        log("cancelled_call_cancel", callid=callid)
