@@ -40,6 +40,11 @@ def test_sleeping_iphone_is_woken_by_push_and_answers(make_stack: MakeStack) -> 
     assert push.expiration is not None and push.expiration <= invite_in + 30 + 1
     assert len(woken) == 1
     assert woken[0].wait(15) == 97  # the phone's answer scenario stops SIPp after BYE
+    # Its wake-up REGISTER was challenged first (401, then with credentials): still
+    # exactly one INVITE reaches it.
+    received = [m.splitlines()[0] for m in woken[0].received()]
+    assert received[0] == "SIP/2.0 401 Unauthorized"
+    assert sum(1 for line in received if line.startswith("INVITE ")) == 1
     statuses = [e["status"] for e in stack.events("reply")]
     assert "180" in statuses and "200" in statuses
 
