@@ -12,6 +12,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg2
 
 from testkit.procs import free_port, tail, wait_until
 
@@ -148,6 +151,12 @@ class PostgresCluster:
         if r.returncode != 0:
             raise RuntimeError(f"psql failed: {r.stderr.strip()}")
         return r.stdout.strip()
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one parameterised statement as the Kamailio user; rows if it returns any."""
+        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall()) if cur.description else []
 
     def create_schema(self) -> None:
         """Kamailio's own tables (version, location, subscriber, htable) plus ours from sql/."""

@@ -134,7 +134,7 @@ class Stack:
 
     # ----- lifecycle -----
     def start(self, *, pushd: bool = True) -> Stack:
-        self.pg.psql("DELETE FROM location; DELETE FROM subscriber")
+        self.pg.psql("DELETE FROM location; DELETE FROM subscriber; DELETE FROM silo")
         self.apns = FakeApnsThread(self.pki, on_record=self._record).__enter__()
         self.fcm = FakeFcm().start()
         (self.root / "fcm").mkdir(parents=True, exist_ok=True)
@@ -241,9 +241,10 @@ class Stack:
     # ----- subscribers and phones -----
     def add_subscriber(self, user: str, password: str) -> None:
         ha1 = hashlib.md5(f"{user}:{DOMAIN}:{password}".encode()).hexdigest()
-        self.pg.psql(
+        self.pg.query(
             "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
-            f"VALUES ('{user}', '{DOMAIN}', '', '{ha1}', '')"
+            "VALUES (%s, %s, '', %s, '')",
+            (user, DOMAIN, ha1),
         )
 
     def phone(
@@ -416,5 +417,5 @@ class Stack:
         return len(self.events(name))
 
     def bindings(self, user: str) -> list[str]:
-        out = self.pg.psql(f"SELECT contact FROM location WHERE username = '{user}'")
-        return [line for line in out.splitlines() if line]
+        rows = self.pg.query("SELECT contact FROM location WHERE username = %s", (user,))
+        return [str(row[0]) for row in rows]

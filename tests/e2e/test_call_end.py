@@ -82,7 +82,7 @@ def test_device_waking_after_the_cancel_still_gets_the_invite_then_a_cancel(
     requests = [m for m in late[0].received() if not m.startswith("SIP/2.0")]
     kinds = [m.split(" ", 1)[0] for m in requests]
     assert kinds == ["INVITE", "CANCEL", "ACK"]
-    assert 'Reason: SIP;cause=487' in requests[1]
+    assert "Reason: SIP;cause=487" in requests[1]
     (push,) = [p for p in stack.apns.pushes if p.push_type == "voip"] if stack.apns else []
     call_id = push.payload.get("call_id")
     assert all(f"Call-ID: {call_id}" in m for m in requests), "same Call-ID as the push"

@@ -15,7 +15,7 @@ MakeStack = Callable[..., Stack]
 
 
 def stored(stack: Stack, user: str) -> int:
-    return int(stack.pg.psql(f"SELECT count(*) FROM silo WHERE username = '{user}'"))
+    return int(stack.pg.query("SELECT count(*) FROM silo WHERE username = %s", (user,))[0][0])
 
 
 def test_message_to_sleeping_device_is_stored_pushed_and_delivered_after_restart(

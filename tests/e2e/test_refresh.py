@@ -16,8 +16,8 @@ MakeStack = Callable[..., Stack]
 SHORT = {"REG_MIN_EXPIRES": "1", "PN_MIN_EXPIRES": "1"}
 
 
-def expires_at(stack: Stack, user: str) -> str:
-    return stack.pg.psql(f"SELECT expires FROM location WHERE username = '{user}'")
+def expires_at(stack: Stack, user: str) -> object:
+    return stack.pg.query("SELECT expires FROM location WHERE username = %s", (user,))
 
 
 def test_binding_about_to_expire_gets_one_refresh_push_then_none(make_stack: MakeStack) -> None:
