@@ -16,6 +16,7 @@ bootstrap:
 
 lint: bootstrap
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check pushgate kemi
 
 typecheck: bootstrap
 	.venv/bin/mypy
