@@ -15,6 +15,11 @@ gets wrong for a long-running daemon (PROTOCOLS.md section 5):
 * **Retry-After** is read from the response headers, which aioapns drops.
 * Requests abandoned by a timeout are forgotten, so a late answer does not blow up the
   connection (aioapns would ``set_result`` on a cancelled future).
+* **Stream slots.** aioapns 4.0 loses the slots of a ``MAX_CONCURRENT_STREAMS`` raise that
+  arrives while a request is in flight (APNs: 1 until a valid JWT, then 1000), leaving
+  each connection 1-2 usable streams for good; :class:`_StreamSlots` counts them right.
+* **Cheaper HPACK.** No Huffman coding and no per-header validation of what we send, and
+  the JWT is indexed in the connection's HPACK table (see :func:`_h2_connection`).
 
 Logging: device tokens only as their first 8 characters, never JWTs or key material.
 """
@@ -22,6 +27,7 @@ Logging: device tokens only as their first 8 characters, never JWTs or key mater
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import json
 import logging
@@ -40,6 +46,7 @@ from aioapns.connection import (
     APNsBaseConnectionPool,
     APNsTLSClientProtocol,
     AuthorizationHeaderProvider,
+    ChannelPool,
 )
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from aioapns.exceptions import MaxAttemptsExceeded
@@ -47,7 +54,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
-from h2.exceptions import H2Error
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from pushd.apns_errors import classify_apns, parse_retry_after
 from pushd.model import (
@@ -345,6 +354,142 @@ class _AnswerHeaders:
         return self._retry_after.pop(apns_id, None)
 
 
+class _StreamSlots(ChannelPool):
+    """aioapns' per-connection stream pool, with a bound that can change while streams run.
+
+    aioapns 4.0's ``DynamicBoundedSemaphore`` raises its bound with ``release()`` calls that
+    are clamped to the *old* bound. APNs advertises ``MAX_CONCURRENT_STREAMS`` 1 until a
+    request with a valid JWT, then 1000; that raise arrives while the first request is
+    still open, so the connection is left with 1-2 free slots and every further push
+    waits in the pool's 10 ms polling loop. Here the slots are simply ``bound - open``:
+    open streams are counted, the bound is whatever the server last said, and a free slot
+    goes to the longest waiter first (it is handed over, so a newcomer cannot take it).
+    """
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(bound)
+        self._open = 0
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def bound(self) -> int:
+        return self._bound_value
+
+    @bound.setter
+    def bound(self, new_bound: int) -> None:
+        self._bound_value = max(new_bound, 0)
+        self._wake()
+
+    @property
+    def open_streams(self) -> int:
+        return self._open
+
+    @property
+    def is_busy(self) -> bool:
+        return self._open >= self._bound_value
+
+    def locked(self) -> bool:
+        return self.is_busy or bool(self._queue)
+
+    async def acquire(self) -> int:  # type: ignore[override]  # aioapns returns the stream id
+        if self._queue or self._open >= self._bound_value:
+            waiter = asyncio.get_running_loop().create_future()
+            self._queue.append(waiter)
+            try:
+                await waiter  # on success, _wake has counted the slot as ours
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self.release()  # handed a slot, then cancelled before using it
+                elif waiter in self._queue:
+                    self._queue.remove(waiter)
+                raise
+        else:
+            self._open += 1
+        self._value = self._bound_value - self._open
+        self._stream_id += 2
+        if self._stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
+            raise NoAvailableStreamIDError()
+        return self._stream_id
+
+    def release(self) -> None:
+        """A stream ended (aioapns calls this from ``on_stream_ended``)."""
+        self._open = max(self._open - 1, 0)
+        self._wake()
+
+    def destroy(self, exc: Exception) -> None:
+        """The connection is gone: fail every waiter (aioapns, from ``connection_lost``)."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def _wake(self) -> None:
+        while self._queue and self._open < self._bound_value:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                self._open += 1
+                waiter.set_result(None)
+        self._value = self._bound_value - self._open
+
+
+_INDEXED_HEADERS = frozenset(
+    {b"host", b"apns-topic", b"apns-push-type", b"apns-priority", b"authorization"}
+)
+"""Request headers worth a place in the HPACK table: the same on most requests of a
+connection (names as the encoder gets them: h2 has turned them into bytes). The others
+(``:path`` with the device token, ``apns-id``, ``apns-expiration``, ``apns-collapse-id``)
+differ per push and would only push the JWT out of the 4 KB table."""
+
+
+def _h2_connection() -> H2Connection:
+    """An h2 client connection tuned for aioapns' requests.
+
+    * No normalisation or validation of outbound headers: aioapns sends a fixed set of
+      lower-case ``str`` headers, and h2 checks each of them in Python on every request.
+    * No Huffman coding (pure Python in hpack, the hottest function of a busy pushd): a
+      few more bytes on a local-CPU-bound, not bandwidth-bound, connection.
+    * The JWT is *indexed*: h2 would mark ``authorization`` never-indexed and re-send the
+      ~200-byte token with every request; indexed, it goes out once per connection and
+      then as a 1-byte reference. Security trade-off, made on purpose: the token then sits
+      in this connection's HPACK table, which is what CRIME-style compression attacks
+      probe. Such an attack needs someone who observes our TLS stream's record sizes *and*
+      can make us send a guessed ``authorization`` value on this same connection; HPACK
+      only matches whole name/value pairs, the header names are fixed here, and what a SIP
+      client controls (device token, topic) lands in other headers. On a server-to-server
+      connection to Apple that is not a realistic position. Per-push values are sent
+      never-indexed (:data:`_INDEXED_HEADERS`), so they do not evict the JWT.
+    """
+    conn = H2Connection(
+        H2Configuration(
+            client_side=True,
+            normalize_outbound_headers=False,
+            validate_outbound_headers=False,
+            validate_inbound_headers=False,
+        )
+    )
+    encode = conn.encoder.encode
+
+    def encode_headers(headers: Any, huffman: bool = False) -> bytes:
+        return encode(
+            [(name, value, name not in _INDEXED_HEADERS) for name, value in headers],
+            huffman=False,
+        )
+
+    conn.encoder.encode = encode_headers  # type: ignore[method-assign]
+    return conn
+
+
+class _Abandoned:
+    """Counts requests whose caller gave up waiting (timeout, cancellation).
+
+    Shared by the connections of one provider: a connection sweeps its finished futures
+    only when this count moved since its last sweep, not on every read.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class _ApnsProtocol(APNsTLSClientProtocol):
     """aioapns' connection, pointed at our host, with our JWT and a few leaks plugged.
 
@@ -354,6 +499,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     provider_token: ClassVar[ProviderToken | None] = None
     answers: ClassVar[_AnswerHeaders]
+    abandoned: ClassVar[_Abandoned]
 
     def __init__(
         self,
@@ -367,9 +513,13 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         super().__init__(
             apns_topic, loop, on_connection_lost, shared if shared is not None else auth_provider
         )
+        self.conn = _h2_connection()
+        self.free_channels = _StreamSlots(1000)  # the server's SETTINGS set the real bound
+        self._swept = self.abandoned.count
 
     def data_received(self, data: bytes) -> None:
-        self._forget_abandoned()
+        if self.abandoned.count != self._swept:
+            self._forget_abandoned()
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -392,6 +542,8 @@ class _ApnsProtocol(APNsTLSClientProtocol):
     def _forget_abandoned(self) -> None:
         # A request whose caller timed out has a cancelled future; aioapns would call
         # set_result/set_exception on it and raise InvalidStateError inside the protocol.
+        # O(requests in flight): run only after an abandonment (and when the line drops).
+        self._swept = self.abandoned.count
         for apns_id in [i for i, future in self.requests.items() if future.done()]:
             del self.requests[apns_id]
 
@@ -420,6 +572,7 @@ class ApnsProvider:
         self._clock = clock
         self._clients: dict[Environment, APNs] = {}
         self._answers = _AnswerHeaders()
+        self._abandoned = _Abandoned()
         self._last_connect_error: str | None = None
         self._token: ProviderToken | None = None
         self._cert_topic: str | None = None
@@ -481,9 +634,15 @@ class ApnsProvider:
         client = self._client(request.environment, message.topic)
         generation = self._token.current_generation() if self._token else 0
         try:
-            answer = await asyncio.wait_for(client.send_notification(notification), timeout)
+            # asyncio.timeout, not wait_for: wait_for wraps the send in one more Task.
+            async with asyncio.timeout(timeout):
+                answer = await client.send_notification(notification)
         except TimeoutError:
+            self._abandoned.count += 1
             return self._no_answer(request, message, f"no answer within {timeout:.1f} s")
+        except asyncio.CancelledError:  # e.g. the dispatcher's own deadline
+            self._abandoned.count += 1
+            raise
         except MaxAttemptsExceeded:
             return self._no_answer(request, message, self._connection_trouble())
         except (ApnsConnectionError, OSError, H2Error) as exc:
@@ -586,6 +745,7 @@ class ApnsProvider:
             "APNS_PORT": self.settings.port,
             "provider_token": self._token,
             "answers": self._answers,
+            "abandoned": self._abandoned,
         }
         return cast(
             "type[_ApnsProtocol]", type(f"ApnsProtocol_{environment}", (_ApnsProtocol,), attrs)

@@ -341,3 +341,56 @@ def test_bad_ca_file_fails_at_construction(pki: TestPki, tmp_path: Path) -> None
 
     with pytest.raises(OSError):  # ssl.SSLError is an OSError
         ApnsProvider(token_settings(pki, 443, ca_file=bogus))
+
+
+def test_one_connection_carries_many_pushes_at_once(pki: TestPki, apns: FakeApnsThread) -> None:
+    """The raise to 1000 streams (after the first valid JWT) is usable on that connection.
+
+    Every answer is held back 0.5 s, so the pushes the fake receives before the first
+    answer are the ones that were in flight together. aioapns 4.0 alone manages 2.
+    """
+    tok = token(16)
+    apns.script(tok, 200, delay=0.5)  # forever
+    settings = token_settings(pki, apns.port, max_connections=1)
+
+    async def run() -> list[PushResult]:
+        provider = ApnsProvider(settings)
+        try:
+            return await asyncio.gather(*(provider.send(push(tok)) for _ in range(200)))
+        finally:
+            await provider.close()
+
+    results = asyncio.run(run())
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 200
+    seen = apns.pushes_for(tok)
+    first_answer = min(p.time for p in seen) + 0.5
+    together = [p for p in seen if p.time < first_answer]
+    assert len(together) >= 50
+    assert apns.connections_opened == 1
+    assert apns.stream_limit_violations == 0
+
+
+def test_a_push_cancelled_from_outside_does_not_break_the_connection(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    """The dispatcher's own deadline cancels a send; its late answer must be ignored."""
+    tok = token(17)
+    apns.script(tok, 200, times=1, delay=0.4)
+    settings = token_settings(pki, apns.port, max_connections=1)
+
+    async def run() -> PushResult:
+        provider = ApnsProvider(settings)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await provider.send(push(tok))
+            await asyncio.sleep(0.6)  # the late answer arrives on the open connection
+            return await provider.send(push(tok))
+        finally:
+            await provider.close()
+
+    after = asyncio.run(run())
+
+    assert after.verdict is Verdict.DELIVERED
+    assert apns.connections_opened == 1
