@@ -286,6 +286,29 @@ def test_config_error_is_logged_once_then_counted(caplog: pytest.LogCaptureFixtu
     assert d.metrics.config_errors_total.get("apns", "DeviceTokenNotForTopic") == 3
 
 
+def test_delivered_pushes_log_at_debug_failures_at_warning_all_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d, _provider, results = make([OK, GONE])
+    with caplog.at_level(logging.DEBUG, logger="pushd.dispatch"):
+        run(dispatch(d, push(id="ok")))
+        run(dispatch(d, push(id="gone")))
+    assert [r["verdict"] for r in results] == ["delivered", "delete_token"]
+    lines = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records}
+    assert lines[f"push 'ok' apns call {VOIP_TOKEN[:8]}…(64)"] == logging.DEBUG
+    assert lines[f"push 'gone' apns call {VOIP_TOKEN[:8]}…(64)"] == logging.WARNING
+    assert d.metrics.pushes_total.get("apns", "delivered") == 1
+    assert d.metrics.pushes_total.get("apns", "delete_token") == 1
+
+
+def test_at_info_a_delivered_push_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    d, _provider, results = make([OK])
+    with caplog.at_level(logging.INFO, logger="pushd.dispatch"):
+        run(dispatch(d, push()))
+    assert results[0]["verdict"] == "delivered"
+    assert [r for r in caplog.records if r.name == "pushd.dispatch"] == []
+
+
 def test_unconfigured_provider_gives_up_at_once() -> None:
     d, provider, results = make([OK])  # apns only
     run(dispatch(d, push(provider="fcm", prid=FCM_TOKEN, param="my-project")))
@@ -377,7 +400,7 @@ def test_stopping_refuses_new_and_cancels_running_pushes() -> None:
 
 
 def test_tokens_are_truncated_in_logs(caplog: pytest.LogCaptureFixture) -> None:
-    d, _provider, _results = make([OK])
-    with caplog.at_level(logging.INFO, logger="pushd.dispatch"):
-        run(dispatch(d, push()))
+    d, _provider, _results = make([OK, GONE])
+    with caplog.at_level(logging.DEBUG, logger="pushd.dispatch"):  # delivered logs at DEBUG
+        run(dispatch(d, push(id="1"), push(id="2")))
     assert VOIP_TOKEN[:8] in caplog.text and VOIP_TOKEN not in caplog.text
