@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-outbound-modules
   kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules
-  postgresql-15 postgresql-client-15 sip-tester python3-venv python3-pip linphone-cli
+  postgresql-15 postgresql-client-15 sip-tester socat python3-venv python3-pip linphone-cli
 )
 
 missing=()

@@ -25,6 +25,9 @@ class Kamailio:
     secret: str = "test-secret"
     hold_timeout: int = 30
     extra: dict[str, str] = field(default_factory=dict)
+    tls: tuple[Path, Path, Path] | None = None
+    """(certificate, key, CA) to listen for SIP over TLS on ``sips_port`` (WITH_TLS)."""
+    sips_port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,13 +59,24 @@ class Kamailio:
             "TCP_WORKERS": "2",
             "LOG_LEVEL": "2",
         }
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            d.update(
+                {
+                    "WITH_TLS": "",
+                    "SIPS_PORT": str(self.sips_port),
+                    "TLS_CERT": f'"{cert}"',
+                    "TLS_KEY": f'"{key}"',
+                    "TLS_CA": f'"{ca}"',
+                }
+            )
         d.update(self.extra)
         return d
 
     def argv(self, check_only: bool = False) -> list[str]:
         argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
         for name, value in self.defines().items():
-            argv += ["-A", f"{name}={value}"]
+            argv += ["-A", f"{name}={value}" if value else name]
         if check_only:
             return [*argv, "-c"]
         return [*argv, "-DD", "-E", "-m", "64", "-M", "8"]

@@ -82,6 +82,15 @@ class Phone:
         return f"sip:{self.user}@{hostport};transport=tcp{ob}"
 
 
+def port_open_quietly(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    """Listening check that does not consume socat's one connection: look at /proc/net/tcp."""
+    if proc.poll() is not None:
+        raise RuntimeError("socat exited")
+    wanted = f":{port:04X} "
+    with open("/proc/net/tcp") as table:
+        return any(wanted in line and " 0A " in line for line in table)
+
+
 def push_data(record: PushRecord | FcmRecord) -> dict[str, str]:
     """The application data of a push as the phone's app would see it."""
     raw = record.data if isinstance(record, FcmRecord) else record.payload
@@ -106,8 +115,10 @@ class Stack:
         secret: str = "test-secret",
         defines: dict[str, str] | None = None,
         refresh_interval: float | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root
+        self.tls = tls
         self.refresh_interval = refresh_interval
         self.pg = pg
         self.pki = pki
@@ -119,12 +130,14 @@ class Stack:
             hold_timeout=hold_timeout,
             secret=secret,
             extra=dict(defines or {}),
+            tls=(pki.server_cert, pki.server_key, pki.ca_cert) if tls else None,
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.apns: FakeApnsThread | None = None
         self.fcm: FakeFcm | None = None
         self._fcm_seen = 0
         self._stopping = threading.Event()
+        self._tunnels: list[subprocess.Popen[bytes]] = []
         self.pushd_proc: subprocess.Popen[bytes] | None = None
         self.on_push: dict[str, Callable[[PushRecord | FcmRecord], None]] = {}
         self._push_times: dict[str, float] = {}
@@ -146,6 +159,8 @@ class Stack:
         return self
 
     def stop(self) -> None:
+        for proc in self._tunnels:
+            stop(proc)
         self.stop_pushd()
         self.kamailio.stop()
         self._stopping.set()
@@ -286,12 +301,13 @@ class Stack:
         """
         ring_only = "phone_ring" if ring else "phone_take_message" if take_message else None
         ooc = "phone_answer_many" if many else "phone_answer" if answer else ring_only
-
         port = free_port()
         extra = {"wake_token": wake_token} if wake_token else {}
+        if self.tls:
+            extra["contact_transport"] = "tls"
         return sipp.start(
             "phone_register_fast" if wake_token else "phone_register",
-            target_port=self.kamailio.sip_port,
+            target_port=self.tls_tunnel() if self.tls else self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
             local_port=port,
@@ -306,6 +322,28 @@ class Stack:
             pause_ms=keep_open_ms,
             label=label or f"register-{phone.user}-{time.monotonic_ns()}",
         )
+
+    def tls_tunnel(self) -> int:
+        """A one-connection TCP->TLS relay to Kamailio's TLS port (Debian's SIPp has no TLS).
+
+        socat exits when the phone's connection closes, so the TLS flow dies with it, as
+        a sleeping phone's does.
+        """
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                "socat",
+                f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                f"OPENSSL:127.0.0.1:{self.kamailio.sips_port},cafile={self.pki.ca_cert},"
+                "verify=1,commonname=localhost",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.logs / "socat.log").open("ab"),
+            start_new_session=True,
+        )
+        self._tunnels.append(proc)
+        wait_until(lambda: port_open_quietly(port, proc), 5, "the TLS tunnel")
+        return port
 
     def register_without_credentials(self, phone: Phone, **keys: str) -> sipp.SippRun:
         port = free_port()

@@ -41,6 +41,7 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
         pushd: bool = True,
         defines: dict[str, str] | None = None,
         refresh_interval: float | None = None,
+        tls: bool = False,
     ) -> Stack:
         stack = Stack(
             tmp_path / f"stack{len(stacks)}",
@@ -49,6 +50,7 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
             hold_timeout=hold_timeout,
             defines=defines,
             refresh_interval=refresh_interval,
+            tls=tls,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)
