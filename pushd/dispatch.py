@@ -83,7 +83,10 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
     if params.provider == ProviderName.APNS:
         # Calls go to PushKit (VoIP token, <bundle>.voip); the rest are user-visible alerts.
         service = "voip" if kind == PushKind.CALL else "remote"
-        env = Environment.SANDBOX if params.sandbox else defaults.apns_environment
+        if params.environment_pinned:
+            env = Environment.SANDBOX if params.sandbox else Environment.PRODUCTION
+        else:
+            env = defaults.apns_environment
         return PushRequest(
             provider=ProviderName.APNS,
             token=params.token_for(service),
@@ -92,7 +95,7 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
             deadline=float(deadline),
             data=data,
             environment=env,
-            environment_pinned=params.sandbox,
+            environment_pinned=params.environment_pinned,
         )
     return PushRequest(
         provider=ProviderName.FCM,

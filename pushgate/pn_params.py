@@ -45,6 +45,11 @@ class PushParams:
     extra: dict[str, str] = field(default_factory=dict)
     """Other pn-* params (pn-silent, pn-timeout, ...): kept, not interpreted."""
 
+    @property
+    def environment_pinned(self) -> bool:
+        """The UA named the APNs environment (``apns.dev`` / ``apns.prod``), not just ``apns``."""
+        return self.raw_provider.strip().lower() in ("apns.dev", "apns.sandbox", "apns.prod")
+
     def token_for(self, service: str) -> str:
         """Device token for ``voip`` (calls) or ``remote`` (alerts) out of a multi-token prid."""
         return select_token(self.prid, service)

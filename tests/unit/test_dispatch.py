@@ -82,6 +82,12 @@ def test_apns_dev_means_sandbox_whatever_the_default() -> None:
     assert build_request(push(provider="apns.dev"), PROD).environment == Environment.SANDBOX
 
 
+def test_apns_prod_pins_production_even_when_the_default_is_sandbox() -> None:
+    sandbox = RequestDefaults(apns_environment=Environment.SANDBOX)
+    request = build_request(push(provider="apns.prod"), sandbox)
+    assert request.environment == Environment.PRODUCTION and request.environment_pinned
+
+
 def test_plain_apns_follows_the_configured_environment() -> None:
     sandbox = RequestDefaults(apns_environment=Environment.SANDBOX)
     assert build_request(push(), sandbox).environment == Environment.SANDBOX

@@ -82,3 +82,16 @@ def test_malformed_params_name_the_param(params: dict[str, str], bad: str) -> No
 def test_uri_params_decode_and_stop_at_headers() -> None:
     got = pn_params.uri_params("<sip:a@h;Pn-Param=x%26y;lr?Subject=z>")
     assert got == {"pn-param": "x&y", "lr": ""}
+
+
+def test_explicit_environment_is_pinned_plain_apns_is_not() -> None:
+    def parsed(provider: str) -> pn_params.PushParams:
+        p = pn_params.parse_uri(
+            uri(pn_provider=provider, pn_prid=TOKEN, pn_param="ABCDE12345.com.example.app.voip")
+        )
+        assert p is not None
+        return p
+
+    assert not parsed("apns").environment_pinned
+    assert parsed("apns.dev").environment_pinned and parsed("apns.dev").sandbox
+    assert parsed("apns.prod").environment_pinned and not parsed("apns.prod").sandbox
