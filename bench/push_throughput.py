@@ -61,6 +61,7 @@ from typing import Any, TextIO
 from bench import core_busy_seconds, summarize_ms, wait_for_quiet
 from pushd import logs, netstring
 from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.app import run_loop
 from pushd.dispatch import Dispatcher
 from pushd.fcm import FcmProvider, FcmSettings
 from pushd.model import Environment, Provider, ProviderName, PushRequest, PushResult
@@ -887,7 +888,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        results = asyncio.run(run_all(args, cores, work, log_path, out))
+        # The same event loop pushd runs on (uvloop when installed).
+        results = run_loop(run_all(args, cores, work, log_path, out))
     finally:
         logging.getLogger().handlers.clear()
         log_file.close()
