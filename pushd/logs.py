@@ -34,14 +34,24 @@ def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{ms:03d}Z"
 
 
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The traceback of ``record``: :class:`RedactFilter`'s redacted copy when it made one."""
+    if record.exc_text:
+        return record.exc_text
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return ""
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = (
             f"{_timestamp(record.created)} {record.levelname:<5} "
             f"{_component(record.name)}: {record.getMessage()}"
         )
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        exc = _exception_text(self, record)
+        if exc:
+            line += "\n" + exc
         return line
 
 
@@ -53,13 +63,17 @@ class JsonFormatter(logging.Formatter):
             "component": _component(record.name),
             "msg": record.getMessage(),
         }
-        if record.exc_info:
-            obj["exc"] = self.formatException(record.exc_info)
+        exc = _exception_text(self, record)
+        if exc:
+            obj["exc"] = exc
         return json.dumps(obj, ensure_ascii=False)
 
 
+_PLAIN = logging.Formatter()
+
+
 class RedactFilter(logging.Filter):
-    """Replaces any known secret in a finished message by ``***``."""
+    """Replaces any known secret in a finished message, and in its traceback, by ``***``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -70,12 +84,20 @@ class RedactFilter(logging.Filter):
         if not self._secrets:
             return True
         msg = record.getMessage()
-        redacted = msg
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = self._redact(msg)
         if redacted != msg:
             record.msg, record.args = redacted, None
+        if record.exc_info:
+            # The formatters append the traceback after this filter ran; exception texts
+            # (a DSN in a driver error, say) are where a secret is most likely to slip in.
+            text = record.exc_text or _PLAIN.formatException(record.exc_info)
+            record.exc_text = self._redact(text)
         return True
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def setup(

@@ -58,3 +58,19 @@ def test_libraries_stay_at_warning(restore_logging: None) -> None:
     logging.getLogger("urllib3").info("chatter")
     logging.getLogger("aioapns").warning("worth seeing")
     assert "chatter" not in out.getvalue() and "aioapns: worth seeing" in out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_secret_in_a_traceback_is_redacted(restore_logging: None, fmt: str) -> None:
+    # The filter is the safety net for secrets that slip into exception texts: the
+    # traceback the formatter appends must be redacted too, not only the message.
+    out = io.StringIO()
+    logs.setup("info", fmt, secrets=["hunter2-secret"], stream=out)
+    try:
+        raise ValueError("connect failed for password=hunter2-secret")
+    except ValueError:
+        logging.getLogger("pushd.app").exception("cannot start")
+    text = out.getvalue()
+    assert "hunter2-secret" not in text
+    assert "password=***" in text
+    assert "Traceback" in text
