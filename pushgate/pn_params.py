@@ -12,6 +12,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 PROVIDERS = ("apns", "fcm")
+# Used with fullmatch: ``match`` with ``$`` would also accept one trailing newline.
 _APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{16,200}$")
 _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-\.]{8,4096}$")
 _BUNDLE = re.compile(r"^[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
@@ -91,7 +92,7 @@ def uri_params(uri: str) -> dict[str, str]:
 
 def select_token(prid: str, service: str) -> str:
     """The token for ``service`` out of ``<tok>:remote&<tok>:voip``; plain prids pass as is."""
-    if "&" not in prid and not re.search(r":(remote|voip)$", prid):
+    if "&" not in prid and not re.search(r":(remote|voip)\Z", prid):
         return prid
     tokens: dict[str, str] = {}
     for item in prid.split("&"):
@@ -157,27 +158,27 @@ def normalise_provider(raw: str) -> tuple[str, bool]:
 
 def _check_apns(prid: str, param: str) -> None:
     for item in prid.split("&"):
-        tok = item.rsplit(":", 1)[0] if re.search(r":(remote|voip)$", item) else item
-        if not _APNS_TOKEN.match(tok):
+        tok = item.rsplit(":", 1)[0] if re.search(r":(remote|voip)\Z", item) else item
+        if not _APNS_TOKEN.fullmatch(tok):
             raise PnError("pn-prid", "APNs device token must be hexadecimal")
     if not param:
         raise PnError("pn-param", "missing (APNs needs <TeamID>.<bundle>.voip)")
     team, dot, rest = param.partition(".")
-    if not dot or not _TEAM.match(team):
+    if not dot or not _TEAM.fullmatch(team):
         raise PnError("pn-param", "must start with a 10-character Team ID and a dot")
     bundle = rest
     for suffix in (".remote&voip", ".voip&remote", ".voip", ".remote"):
         if bundle.endswith(suffix):
             bundle = bundle[: -len(suffix)]
             break
-    if not _BUNDLE.match(bundle):
+    if not _BUNDLE.fullmatch(bundle):
         raise PnError("pn-param", f"invalid bundle ID {bundle!r}")
 
 
 def _check_fcm(prid: str, param: str) -> None:
-    if not _FCM_TOKEN.match(prid):
+    if not _FCM_TOKEN.fullmatch(prid):
         raise PnError("pn-prid", "FCM registration token has invalid characters")
     if not param:
         raise PnError("pn-param", "missing (FCM needs the Firebase project ID)")
-    if not _FCM_PROJECT.match(param):
+    if not _FCM_PROJECT.fullmatch(param):
         raise PnError("pn-param", f"invalid Firebase project ID {param!r}")

@@ -71,6 +71,19 @@ def test_linphone_variants_sandbox_and_multi_token() -> None:
             "pn-prid",
         ),
         ({"pn_prid": TOKEN, "pn_param": "ABCDE12345.a.b"}, "pn-provider"),
+        # %0A decodes to a newline, which regex ``$`` lets through at the very end: it
+        # would ride into the APNs :path / apns-topic headers and the FCM token.
+        (
+            {"pn_provider": "apns", "pn_prid": TOKEN + "%0A", "pn_param": "ABCDE12345.a.b"},
+            "pn-prid",
+        ),
+        ({"pn_provider": "apns", "pn_prid": TOKEN, "pn_param": "ABCDE12345.a.b%0A"}, "pn-param"),
+        (
+            {"pn_provider": "apns", "pn_prid": TOKEN + ":voip%0A", "pn_param": "ABCDE12345.a.b"},
+            "pn-prid",
+        ),
+        ({"pn_provider": "fcm", "pn_prid": "tok:en:ok12345%0A", "pn_param": "proj-1"}, "pn-prid"),
+        ({"pn_provider": "fcm", "pn_prid": "tok:en:ok12345", "pn_param": "proj-1%0A"}, "pn-param"),
     ],
 )
 def test_malformed_params_name_the_param(params: dict[str, str], bad: str) -> None:
