@@ -107,7 +107,8 @@ class RequestHead:
         raw = self.headers.get("content-length")
         if raw is None:
             return None
-        if not raw.isdigit():
+        # isascii too: latin-1 heads can hold "²", a digit to isdigit() but not to int().
+        if not (raw.isascii() and raw.isdigit()):
             raise HttpError(400, "bad Content-Length", field="Content-Length")
         return int(raw)
 
