@@ -185,6 +185,8 @@ def push_message(body: bytes, now: float) -> dict[str, Any]:
         value = json.loads(body, parse_constant=_no_constants)
     except ValueError as exc:
         raise HttpError(400, "invalid JSON", detail=str(exc)) from exc
+    except RecursionError as exc:  # a body of "[[[[..." nests deeper than the parser recurses
+        raise HttpError(400, "invalid JSON", detail="nested too deeply") from exc
     if not isinstance(value, dict):
         raise HttpError(400, "body must be a JSON object")
     for name in value:

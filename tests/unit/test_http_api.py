@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pushd.http_api import HttpError, parse_head
+from pushd.http_api import MAX_BODY, HttpError, parse_head, push_message
 
 
 @pytest.mark.parametrize("value", ["\xb2", "\xb9\xb3", "1_0", "+5", "-1", " "])
@@ -22,3 +22,11 @@ def test_content_length_that_is_not_ascii_digits_is_a_400(value: str) -> None:
 def test_content_length_digits() -> None:
     head = parse_head(b"POST /v1/push HTTP/1.1\r\nContent-Length: 42\r\n\r\n")
     assert head.content_length == 42
+
+
+@pytest.mark.parametrize("body", [b"[" * MAX_BODY, b'{"a":' * 3000 + b"1" + b"}" * 3000])
+def test_deeply_nested_json_is_invalid_json(body: bytes) -> None:
+    # json.loads raises RecursionError (not a ValueError) past ~1000 levels.
+    with pytest.raises(HttpError) as err:
+        push_message(body, now=0.0)
+    assert (err.value.status, err.value.error) == (400, "invalid JSON")
