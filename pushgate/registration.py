@@ -28,7 +28,9 @@ def contact_expires(contact: str, expires_header: int | None) -> int | None:
     tail = contact.split(">", 1)[1] if ">" in contact else ""
     for part in tail.split(";"):
         name, _, value = part.partition("=")
-        if name.strip().lower() == "expires" and value.strip().isdigit():
+        value = value.strip()
+        # isascii too: "²" is a digit to isdigit() but not to int().
+        if name.strip().lower() == "expires" and value.isascii() and value.isdigit():
             return int(value)
     return expires_header
 

@@ -74,3 +74,11 @@ def test_capability_query_lists_what_we_serve() -> None:
 def test_unknown_extra_pn_params_are_kept_not_rejected() -> None:
     r = check(contact(APNS + ";pn-silent=1;pn-timeout=0;pn-msg-str=IM_MSG"))
     assert r.status == 200
+
+
+def test_expires_param_with_non_ascii_digits_is_ignored_like_any_other_garbage() -> None:
+    # "²" passes str.isdigit() but not int(): the REGISTER route (before digest auth)
+    # raised ValueError and answered nothing.
+    for garbage in ("abc", "\u00b2", "1\u00b2"):
+        assert check(contact(APNS, f";expires={garbage}")).status == 200
+    assert check(contact(APNS, ";expires=\u00b2"), expires=60).status == 423
