@@ -127,6 +127,10 @@ def test_missing_data_is_empty() -> None:
         ({"deadline": _DROP}, "deadline"),
         ({"deadline": "soon"}, "deadline"),
         ({"deadline": True}, "deadline"),
+        # JSON from evapi may say Infinity / NaN (Python's json accepts both): an endless
+        # retry loop, and APNs' int(deadline) would raise on every attempt.
+        ({"deadline": float("inf")}, "deadline"),
+        ({"deadline": float("nan")}, "deadline"),
         ({"provider": "gcm"}, "provider"),
         ({"provider": _DROP, "prid": _DROP}, "provider"),
         ({"provider": _DROP}, "provider"),
