@@ -168,7 +168,7 @@ class Pushgate:
         expires = str(KSR.pv.get("$hdr(Expires)") or "").strip()
         return registration.check_register(
             contacts,
-            expires_header=int(expires) if expires.isdigit() else None,
+            expires_header=int(expires) if expires.isascii() and expires.isdigit() else None,
             already_has_pns="sip.pns" in str(KSR.pv.get("$hdr(Feature-Caps)") or ""),
             served=self.settings.providers,
             min_expires=self.settings.pn_min_expires,
