@@ -84,10 +84,16 @@ def targets(held: Held) -> list[dict[str, str]]:
 
 def claim(held: Held) -> bool:
     """Take the held transaction out of the tables; False if someone else already did."""
-    if KSR.htable.sht_get("hold", held.key) is None:
-        return False
-    KSR.htable.sht_rm("hold", held.key)
-    return True
+    # The evapi worker (push verdict), SIP workers (wake-up REGISTER, CANCEL) and tm's
+    # timer may race for the same call: check and remove under the slot's lock.
+    KSR.htable.sht_lock("hold", held.key)
+    try:
+        if KSR.htable.sht_get("hold", held.key) is None:
+            return False
+        KSR.htable.sht_rm("hold", held.key)
+        return True
+    finally:
+        KSR.htable.sht_unlock("hold", held.key)
 
 
 def push_failed(tx_key: str) -> bool:

@@ -35,7 +35,9 @@ def on_event(settings: Settings, evname: str) -> None:
         elif message["type"] == "result":
             on_result(wire.parse_result(message))
     except wire.WireError as exc:
-        KSR.err(f"pushgate: bad message from pushd: {exc}\n")
+        KSR.err(f"pushgate: bad message on the pushd channel: {exc}\n")
+        if KSR.htable.sht_get("pushd", "c" + conidx) is None:
+            KSR.evapi.close()  # not an authenticated pushd: no second chance
 
 
 def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
@@ -54,6 +55,19 @@ class Pushgate:
 
     # ----- request route -----
     def ksr_request_route(self, msg: object) -> int:
+        try:
+            return self.route_request()
+        except Exception:
+            # A bug must cost one request a clear 500, not a silent drop (and a caller
+            # retransmitting into it).
+            KSR.err(
+                "pushgate: routing error: " + traceback.format_exc().replace("\n", " | ") + "\n"
+            )
+            if not KSR.is_ACK():
+                KSR.sl.send_reply(500, "Server Internal Error")
+            return OK
+
+    def route_request(self) -> int:
         if not self.route_reqinit():
             return OK
         if KSR.is_CANCEL():
@@ -368,7 +382,14 @@ class Pushgate:
         return OK
 
     def ksr_evapi_event(self, msg: object, evname: str) -> int:
-        pushd_channel.on_event(self.settings, evname)
+        try:
+            pushd_channel.on_event(self.settings, evname)
+        except Exception:
+            KSR.err(
+                "pushgate: pushd channel error: "
+                + traceback.format_exc().replace("\n", " | ")
+                + "\n"
+            )
         return OK
 
 
@@ -391,10 +412,9 @@ def wake_token_ok(contacts: list[str]) -> bool:
         return False
     aor = to_aor()
     bound = KSR.htable.sht_get("waketok", token) if wake_token.looks_like_token(token) else None
-    instances = {wake_token.contact_instance(c) for c in contacts} - {""}
-    ok = bound is not None and any(
-        str(bound) == wake_token.binding_key(aor, inst) for inst in instances
-    )
+    # Every Contact saved on the token's say must be the device it was issued to.
+    keys = {wake_token.binding_key(aor, wake_token.contact_instance(c)) for c in contacts}
+    ok = bound is not None and keys == {str(bound)}
     if bound is not None:
         KSR.htable.sht_rm("waketok", token)  # single use, even when misused
     log("wake_token", aor=aor, accepted=ok)

@@ -3,7 +3,7 @@
     python -m pushd --config /etc/pushd/pushd.yaml
     python -m pushd --check-config /etc/pushd/pushd.yaml
     python -m pushd test-push --config FILE --provider apns|apns.dev|fcm \\
-        --prid TOKEN --param PARAM [--kind call|message]
+        --prid TOKEN --param PARAM [--kind call|message|cancel|missed|refresh]
 
 Exit codes: 0 success (test-push: delivered), 1 failure (test-push: any other verdict),
 2 configuration error.

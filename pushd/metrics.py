@@ -1,7 +1,7 @@
-"""In-process counters and histograms, shaped for a later Prometheus text export.
+"""In-process counters and histograms, rendered as Prometheus text on ``GET /metrics``.
 
 Deliberately tiny: pushd is one asyncio loop, so plain dicts need no locking, and
-keeping the client library out saves a dependency until the HTTP API exists.
+a few lines of text rendering save the Prometheus client library as a dependency.
 """
 
 from __future__ import annotations

@@ -99,6 +99,9 @@ def parse_result(msg: dict[str, Any]) -> Result:
     if verdict not in FINAL_VERDICTS:
         raise WireError(f"verdict: expected one of {sorted(FINAL_VERDICTS)}, got {verdict!r}")
     status = msg.get("status")
+    ms = msg.get("ms", 0.0)
+    if not isinstance(ms, int | float) or isinstance(ms, bool):
+        raise WireError(f"ms: expected a number, got {ms!r}")
     return Result(
         hold_id=HoldId.parse(str(msg.get("id", ""))),
         verdict=verdict,
@@ -106,5 +109,5 @@ def parse_result(msg: dict[str, Any]) -> Result:
         reason=str(msg["reason"]) if msg.get("reason") is not None else None,
         aor=str(msg.get("aor", "")),
         ruid=str(msg.get("ruid", "")),
-        ms=float(msg.get("ms", 0.0)),
+        ms=float(ms),
     )

@@ -46,6 +46,8 @@ def test_result_is_validated() -> None:
         wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "retry"})
     with pytest.raises(wire.WireError, match="id"):
         wire.parse_result({"type": "result", "id": "x", "verdict": "delivered"})
+    with pytest.raises(wire.WireError, match="ms"):
+        wire.parse_result({"type": "result", "id": "1:2:0", "verdict": "give_up", "ms": None})
     with pytest.raises(wire.WireError, match="JSON"):
         wire.parse_message("{nope")
 
