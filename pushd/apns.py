@@ -552,7 +552,7 @@ _LOG_LEVELS = {
     Verdict.DELIVERED: logging.DEBUG,
     Verdict.RETRY: logging.INFO,
     Verdict.DELETE_TOKEN: logging.INFO,
-    Verdict.CONFIG_ERROR: logging.WARNING,
+    Verdict.CONFIG_ERROR: logging.DEBUG,  # the dispatcher's once-only ERROR line has the hint
     Verdict.GIVE_UP: logging.WARNING,
 }
 
@@ -596,7 +596,11 @@ class ApnsProvider:
             return self._finish(
                 request,
                 None,
-                PushResult(verdict=Verdict.CONFIG_ERROR, reason="MissingTopic (not sent)"),
+                PushResult(
+                    verdict=Verdict.CONFIG_ERROR,
+                    reason="MissingTopic (not sent)",
+                    hint=classify_apns(400, "MissingTopic").hint,
+                ),
             )
         message = build_message(request, now)
         if message.encoded_size() > message.size_limit():
@@ -668,11 +672,13 @@ class ApnsProvider:
             reason=verdict.reason,
             retry_after=verdict.retry_after,
             provider_id=apns_id if verdict.verdict is Verdict.DELIVERED else None,
+            hint=verdict.hint,
         )
-        return self._finish(request, message, result, verdict.hint)
+        return self._finish(request, message, result)
 
     def _no_answer(self, request: PushRequest, message: ApnsMessage, why: str) -> PushResult:
         verdict = classify_apns(None, why)
+        # No hint: "no answer" says it all, and a RETRY is never a config error.
         result = PushResult(verdict=verdict.verdict, reason=verdict.reason)
         return self._finish(request, message, result)
 
@@ -682,13 +688,13 @@ class ApnsProvider:
         return f"cannot connect: {cause}" if cause else "connection closed before the answer"
 
     def _finish(
-        self,
-        request: PushRequest,
-        message: ApnsMessage | None,
-        result: PushResult,
-        hint: str | None = None,
+        self, request: PushRequest, message: ApnsMessage | None, result: PushResult
     ) -> PushResult:
-        """Log the outcome of one push (one line; config errors loud, with the hint)."""
+        """Log the outcome of one attempt (one line, with the classifier's hint).
+
+        Config errors only at DEBUG: the dispatcher logs each (provider, reason) once at
+        ERROR with ``result.hint``, and every push's outcome at WARNING.
+        """
         level = _LOG_LEVELS.get(result.verdict, logging.INFO)
         log.log(
             level,
@@ -701,7 +707,7 @@ class ApnsProvider:
             result.verdict,
             result.status,
             result.reason,
-            f" ({hint})" if hint else "",
+            f" ({result.hint})" if result.hint else "",
         )
         return result
 

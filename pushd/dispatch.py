@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pushd import hints
 from pushd.apns_errors import is_environment_mixup_candidate
 from pushd.logs import short_token
 from pushd.metrics import Metrics
@@ -312,7 +311,7 @@ class Dispatcher:
         self.metrics.pushes_total.inc(label, verdict.value)
         self.metrics.push_seconds.observe(elapsed, label)
         if verdict == Verdict.CONFIG_ERROR:
-            self._config_error(label, result.reason)
+            self._config_error(label, result)
         # Delivered pushes are the bulk and the metrics count them: DEBUG, or one INFO line
         # per push (formatted, filtered, written, flushed) costs a busy pushd 10-15 % CPU.
         # Failures stay WARNING. The check first spares building the arguments.
@@ -349,16 +348,16 @@ class Dispatcher:
             }
         )
 
-    def _config_error(self, label: str, reason: str | None) -> None:
+    def _config_error(self, label: str, result: PushResult) -> None:
+        reason = result.reason
         self.metrics.config_errors_total.inc(label, reason or "")
         key = (label, reason or "")
         if key in self._config_errors_seen:
             return
         self._config_errors_seen.add(key)
-        try:
-            hint = hints.hint(ProviderName(label), reason)
-        except ValueError:
-            hint = "check the pushd config"
+        # The hint comes from the provider's classifier (apns_errors / fcm_errors), the one
+        # place that knows what each reason means; the generic sentence is a safety net.
+        hint = result.hint or f"check the {label} section of the pushd config and its credentials"
         # Loud once: every later push would repeat it, and the counter keeps the tally.
         log.error(
             "CONFIGURATION ERROR from %s: %s -- %s (repeats are counted, not logged)",

@@ -37,7 +37,7 @@ import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
 
-from pushd.fcm_errors import classify_fcm, error_code
+from pushd.fcm_errors import classify_fcm, error_code, token_endpoint_refused
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,6 @@ class FcmProvider:
         _read_environment_once(self._session, settings.base_url)
         self._refresh_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="pushd-fcm")
-        self._hinted: set[str] = set()
         self._closed = False
 
     async def send(self, request: PushRequest) -> PushResult:
@@ -222,8 +221,6 @@ class FcmProvider:
         body = _json_body(response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         outcome = classify_fcm(response.status_code, body, retry_after)
-        if outcome.hint:
-            self._hint_once(outcome.reason or "", outcome.hint)
         name = body.get("name") if body else None
         log.debug(
             "FCM send to %s: %s %s",
@@ -237,25 +234,16 @@ class FcmProvider:
             reason=outcome.reason,
             retry_after=outcome.retry_after,
             provider_id=name if isinstance(name, str) else None,
+            hint=outcome.hint,
         )
 
     def _token_refused(self, exc: google.auth.exceptions.RefreshError) -> PushResult:
         # google-auth marks 5xx/429 from the token endpoint retryable (after its own retries).
         if getattr(exc, "retryable", False):
             return PushResult(verdict=Verdict.RETRY, reason=f"token endpoint: {exc}"[:300])
-        self._hint_once(
-            "token_endpoint",
-            f"the OAuth token endpoint refused the service account ({exc}); check the key "
-            "file, that the key is not deleted, and the clock",
-        )
-        return PushResult(verdict=Verdict.CONFIG_ERROR, reason=f"token endpoint: {exc}"[:300])
-
-    def _hint_once(self, reason: str, hint: str) -> None:
-        """Log each configuration problem once, loudly, instead of once per push."""
-        if reason in self._hinted:
-            return
-        self._hinted.add(reason)
-        log.error("FCM configuration problem (%s): %s", reason, hint)
+        # The dispatcher logs the hint once per (provider, reason), at ERROR.
+        outcome = token_endpoint_refused(f"token endpoint: {exc}"[:300])
+        return PushResult(verdict=outcome.verdict, reason=outcome.reason, hint=outcome.hint)
 
 
 def _read_environment_once(session: requests.Session, url: str) -> None:

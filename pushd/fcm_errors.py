@@ -53,6 +53,10 @@ _HINTS = {
         "or deleted, or the clock is wrong"
     ),
     "NOT_FOUND": "FCM answered 404 without UNREGISTERED: check base_url and the project id",
+    "TOKEN_ENDPOINT": (
+        "the OAuth token endpoint refused the service account: check the key file, that the "
+        "key is not deleted, and the clock"
+    ),
 }
 
 
@@ -94,6 +98,11 @@ def _error_message(body: Mapping[str, Any] | None) -> str:
 
 def _config_error(reason: str, hint_key: str) -> FcmVerdict:
     return FcmVerdict(verdict=Verdict.CONFIG_ERROR, reason=reason, hint=_HINTS[hint_key])
+
+
+def token_endpoint_refused(reason: str) -> FcmVerdict:
+    """The OAuth token endpoint refused the service account for good (not retryable)."""
+    return _config_error(reason, "TOKEN_ENDPOINT")
 
 
 def _retry(reason: str, retry_after: float | None, minimum: float = 0.0) -> FcmVerdict:

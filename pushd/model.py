@@ -81,6 +81,9 @@ class PushResult:
     """Seconds the provider asked us to wait (Retry-After), if any."""
     provider_id: str | None = None
     """APNs ``apns-id`` or FCM message ``name`` on success."""
+    hint: str | None = None
+    """Operator-facing sentence from the provider's classifier (what to fix for a
+    CONFIG_ERROR); the dispatcher logs it once per (provider, reason)."""
 
 
 class Provider(Protocol):

@@ -19,6 +19,7 @@ import jwt
 import pytest
 
 from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.dispatch import Dispatcher
 from pushd.model import Environment, ProviderName, PushKind, PushRequest, PushResult, Verdict
 from testkit.certs import TestPki, make_test_pki
 from testkit.fake_apns import FakeApnsThread
@@ -394,3 +395,43 @@ def test_a_push_cancelled_from_outside_does_not_break_the_connection(
 
     assert after.verdict is Verdict.DELIVERED
     assert apns.connections_opened == 1
+
+
+def test_config_error_is_one_error_line_with_the_classifier_hint(
+    pki: TestPki, apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Provider + Dispatcher: the hint is logged once, at ERROR, by the dispatcher alone."""
+    tok = token(16)
+    apns.script(tok, 400, "DeviceTokenNotForTopic")  # every push
+    results: list[dict[str, Any]] = []
+    caplog.set_level(logging.DEBUG)
+
+    async def run() -> None:
+        provider = ApnsProvider(token_settings(pki, apns.port))
+        dispatcher = Dispatcher({ProviderName.APNS: provider}, results.append)
+        try:
+            for n in range(3):
+                dispatcher.submit(
+                    {
+                        "type": "push",
+                        "id": f"p-{n}",
+                        "kind": "call",
+                        "provider": "apns",
+                        "prid": tok,
+                        "param": f"ABCDE12345.{BUNDLE}.voip",
+                        "deadline": time.time() + 10,
+                    }
+                )
+                assert await dispatcher.drain(5.0)
+        finally:
+            await provider.close()
+
+    asyncio.run(run())
+
+    assert [r["verdict"] for r in results] == ["config_error"] * 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "DeviceTokenNotForTopic" in errors[0]
+    assert f"'{BUNDLE}.voip'" in errors[0] and "check the bundle in pn-param" in errors[0]
+    loud_apns = [r for r in caplog.records if r.name == "pushd.apns" and r.levelno > logging.DEBUG]
+    assert [r.getMessage() for r in loud_apns if "config_error" in r.getMessage()] == []

@@ -25,6 +25,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from pushd.dispatch import Dispatcher
 from pushd.fcm import FcmProvider, FcmSettings
 from pushd.model import Provider, ProviderName, PushKind, PushRequest, PushResult, Verdict
 from testkit.fake_fcm import FCM_ERROR_TYPE, FakeFcm
@@ -292,6 +293,74 @@ def test_other_project_is_a_sender_id_mismatch(
         "SENDER_ID_MISMATCH",
     )
     assert fake.messages[0].project == "someone-elses-project"
+
+
+def test_sender_id_mismatch_is_one_error_line_with_the_classifier_hint(
+    fake: FakeFcm, make_provider: ProviderFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Provider + Dispatcher: the hint is logged once, at ERROR, by the dispatcher alone."""
+    provider = make_provider()
+    results: list[dict[str, Any]] = []
+    caplog.set_level(logging.DEBUG)
+
+    async def run() -> None:
+        dispatcher = Dispatcher({ProviderName.FCM: provider}, results.append)
+        for n in range(3):
+            dispatcher.submit(
+                {
+                    "type": "push",
+                    "id": f"p-{n}",
+                    "kind": "call",
+                    "provider": "fcm",
+                    "prid": "reg-token-1",
+                    "param": "someone-elses-project",
+                    "deadline": time.time() + 10,
+                }
+            )
+            assert await dispatcher.drain(5.0)
+
+    asyncio.run(run())
+
+    assert [r["verdict"] for r in results] == ["config_error"] * 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "SENDER_ID_MISMATCH" in errors[0]
+    assert "another Firebase project" in errors[0]  # fcm_errors' hint, not a generic one
+
+
+def test_refused_service_account_is_one_error_line_with_the_hint(
+    fake: FakeFcm, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = FakeFcm()
+    with other:
+        account = other.make_service_account(tmp_path)  # trusted by ``other`` only
+    provider = FcmProvider(FcmSettings(account.path, token_uri=fake.token_uri, base_url=fake.url))
+    results: list[dict[str, Any]] = []
+    caplog.set_level(logging.DEBUG)
+
+    async def run() -> None:
+        dispatcher = Dispatcher({ProviderName.FCM: provider}, results.append)
+        for n in range(2):
+            dispatcher.submit(
+                {
+                    "type": "push",
+                    "id": f"p-{n}",
+                    "kind": "call",
+                    "provider": "fcm",
+                    "prid": "reg-token-1",
+                    "param": account.project_id,
+                    "deadline": time.time() + 10,
+                }
+            )
+            assert await dispatcher.drain(5.0)
+        await provider.close()
+
+    asyncio.run(run())
+
+    assert [r["verdict"] for r in results] == ["config_error"] * 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert "token endpoint" in errors[0] and "check the key file" in errors[0]
 
 
 def test_server_down_retries_quickly(fake: FakeFcm, make_provider: ProviderFactory) -> None:

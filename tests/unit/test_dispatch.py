@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from pushd.apns_errors import classify_apns
 from pushd.dispatch import BadPush, Dispatcher, RequestDefaults, build_request
+from pushd.fcm_errors import classify_fcm
 from pushd.model import (
     Environment,
     ProviderName,
@@ -179,7 +181,10 @@ OK = PushResult(verdict=Verdict.DELIVERED, status=200, provider_id="apns-id-1")
 RETRY_503 = PushResult(verdict=Verdict.RETRY, status=503, reason="ServiceUnavailable")
 GONE = PushResult(verdict=Verdict.DELETE_TOKEN, status=410, reason="Unregistered")
 NOT_FOR_TOPIC = PushResult(
-    verdict=Verdict.CONFIG_ERROR, status=400, reason="DeviceTokenNotForTopic"
+    verdict=Verdict.CONFIG_ERROR,
+    status=400,
+    reason="DeviceTokenNotForTopic",
+    hint=classify_apns(400, "DeviceTokenNotForTopic", topic="com.example.app.voip").hint,
 )
 
 
@@ -282,7 +287,12 @@ def test_delete_token_passes_through_without_retry() -> None:
 
 
 def test_config_error_is_logged_once_then_counted(caplog: pytest.LogCaptureFixture) -> None:
-    other = PushResult(verdict=Verdict.CONFIG_ERROR, status=403, reason="InvalidProviderToken")
+    other = PushResult(
+        verdict=Verdict.CONFIG_ERROR,
+        status=403,
+        reason="InvalidProviderToken",
+        hint=classify_apns(403, "InvalidProviderToken").hint,
+    )
     d, _provider, results = make([NOT_FOR_TOPIC, NOT_FOR_TOPIC, NOT_FOR_TOPIC, other])
     with caplog.at_level(logging.ERROR, logger="pushd.dispatch"):
         run(dispatch(d, push(id="1"), push(id="2"), push(id="3")))
@@ -291,9 +301,52 @@ def test_config_error_is_logged_once_then_counted(caplog: pytest.LogCaptureFixtu
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert "DeviceTokenNotForTopic" in errors[0].getMessage()
-    assert ".voip" in errors[0].getMessage()  # the hint
+    assert NOT_FOR_TOPIC.hint is not None
+    assert NOT_FOR_TOPIC.hint in errors[0].getMessage()  # the classifier's hint, verbatim
+    assert "'com.example.app.voip'" in errors[0].getMessage()
     assert "key_id" in errors[1].getMessage()
     assert d.metrics.config_errors_total.get("apns", "DeviceTokenNotForTopic") == 3
+
+
+def test_fcm_config_error_logs_one_error_line_with_the_classifier_hint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    verdict = classify_fcm(
+        403,
+        {
+            "error": {
+                "status": "PERMISSION_DENIED",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                        "errorCode": "SENDER_ID_MISMATCH",
+                    }
+                ],
+            }
+        },
+        None,
+    )
+    mismatch = PushResult(
+        verdict=verdict.verdict, status=403, reason=verdict.reason, hint=verdict.hint
+    )
+    d, _provider, results = make([mismatch], name=ProviderName.FCM)
+    fcm_push = {"provider": "fcm", "prid": FCM_TOKEN, "param": "my-project"}
+    with caplog.at_level(logging.DEBUG, logger="pushd"):
+        run(dispatch(d, push(id="1", **fcm_push), push(id="2", **fcm_push)))
+    assert [r["verdict"] for r in results] == ["config_error"] * 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "SENDER_ID_MISMATCH" in errors[0]
+    assert "another Firebase project" in errors[0]
+
+
+def test_config_error_without_a_hint_gets_a_generic_one(caplog: pytest.LogCaptureFixture) -> None:
+    bare = PushResult(verdict=Verdict.CONFIG_ERROR, status=403, reason="SomethingNew")
+    d, _provider, _results = make([bare])
+    with caplog.at_level(logging.ERROR, logger="pushd.dispatch"):
+        run(dispatch(d, push()))
+    [error] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "SomethingNew -- check the apns section of the pushd config" in error
 
 
 def test_delivered_pushes_log_at_debug_failures_at_warning_all_are_counted(

@@ -13,6 +13,7 @@ from pushd.fcm_errors import (
     QUOTA_MIN_RETRY_AFTER,
     classify_fcm,
     error_code,
+    token_endpoint_refused,
 )
 from pushd.model import Verdict
 
@@ -193,3 +194,10 @@ def test_retry_after_as_http_date() -> None:
 @pytest.mark.parametrize("value", [None, "", "soon", "-5"])
 def test_unusable_retry_after_is_ignored(value: str | None) -> None:
     assert parse_retry_after(value, now=0.0) is None
+
+
+def test_token_endpoint_refusal_is_a_config_error_with_a_hint() -> None:
+    outcome = token_endpoint_refused("token endpoint: invalid_grant")
+    assert outcome.verdict is Verdict.CONFIG_ERROR
+    assert outcome.reason == "token endpoint: invalid_grant"
+    assert outcome.hint is not None and "key file" in outcome.hint
