@@ -21,7 +21,7 @@ gets wrong for a long-running daemon (PROTOCOLS.md section 5):
 * **Cheaper HPACK.** No Huffman coding and no per-header validation of what we send, and
   the JWT is indexed in the connection's HPACK table (see :func:`_h2_connection`).
 
-Logging: device tokens only as their first 8 characters, never JWTs or key material.
+Logging: device tokens only through :func:`pushd.logs.short_token`, never JWTs or key material.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from h2.connection import H2Connection
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 
 from pushd.apns_errors import classify_apns, parse_retry_after
+from pushd.logs import short_token
 from pushd.model import (
     Environment,
     ProviderName,
@@ -246,11 +247,6 @@ def _alert_payload(kind: PushKind, data: dict[str, str]) -> dict[str, Any]:
 def _custom(data: dict[str, str], taken: tuple[str, ...]) -> dict[str, str]:
     # "aps" belongs to Apple; a string there would make the whole payload invalid.
     return {k: v for k, v in data.items() if k != "aps" and k not in taken}
-
-
-def short_token(token: str) -> str:
-    """A device token as it may appear in logs."""
-    return f"{token[:8]}…"
 
 
 # -- the shared JWT --

@@ -38,6 +38,7 @@ import requests
 from google.oauth2 import service_account
 
 from pushd.fcm_errors import classify_fcm, error_code, token_endpoint_refused
+from pushd.logs import short_token
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
-
-
-def redact(secret: str | None, keep: int = 8) -> str:
-    """A token shortened for logs: enough to correlate, useless to replay."""
-    if not secret:
-        return "-"
-    return secret[:keep] + "…" if len(secret) > keep else secret
 
 
 def send_url(base_url: str, project_id: str) -> str:
@@ -190,7 +184,7 @@ class FcmProvider:
         except google.auth.exceptions.RefreshError as exc:
             return self._token_refused(exc)
         except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
-            log.debug("FCM send to %s: no answer: %r", redact(request.token), exc)
+            log.debug("FCM send to %s: no answer: %r", short_token(request.token), exc)
             return PushResult(verdict=Verdict.RETRY, reason=f"no answer: {type(exc).__name__}")
         except TimeoutError:
             return PushResult(verdict=Verdict.RETRY, reason="token refresh busy")
@@ -212,7 +206,7 @@ class FcmProvider:
 
     def _refresh(self, timeout: float) -> None:
         self._credentials.refresh(functools.partial(self._auth_request, timeout=timeout))
-        log.debug("FCM access token refreshed: %s", redact(self._credentials.token))
+        log.debug("FCM access token refreshed: %s", short_token(self._credentials.token or ""))
 
     def _locked(self, timeout: float) -> _TimedLock:
         return _TimedLock(self._refresh_lock, timeout)
@@ -224,7 +218,7 @@ class FcmProvider:
         name = body.get("name") if body else None
         log.debug(
             "FCM send to %s: %s %s",
-            redact(request.token),
+            short_token(request.token),
             response.status_code,
             outcome.reason or "",
         )

@@ -330,7 +330,7 @@ def test_logs_hold_no_jwt_and_no_full_token(
     jwts = apns.distinct_jwts
     assert jwts
     assert tok not in caplog.text
-    assert f"{tok[:8]}…" in caplog.text
+    assert f"{tok[:8]}…(64)" in caplog.text  # pushd.logs.short_token
     assert all(j not in caplog.text for j in jwts)
     assert pki.apns_key.read_text().splitlines()[1] not in caplog.text
     assert "check the bundle in pn-param" in caplog.text  # the operator hint

@@ -17,7 +17,6 @@ from pushd.apns import (
     build_message,
     certificate_topic,
     load_apns_key,
-    short_token,
     time_to_live,
 )
 from pushd.model import Environment, ProviderName, PushKind, PushRequest
@@ -112,10 +111,6 @@ def test_time_to_live_lands_on_the_deadline_and_is_never_zero(
 def test_expiration_equals_int_deadline() -> None:
     deadline = NOW + 42.7
     assert int(NOW) + time_to_live(deadline, NOW) == int(deadline)
-
-
-def test_short_token() -> None:
-    assert short_token("0123456789abcdef") == "01234567…"
 
 
 # -- ProviderToken --
