@@ -58,7 +58,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 
-from pushd.apns_errors import classify_apns, parse_retry_after
+from pushd.apns_errors import classify_apns
 from pushd.logs import short_token
 from pushd.model import (
     Environment,
@@ -68,6 +68,7 @@ from pushd.model import (
     PushResult,
     Verdict,
 )
+from pushd.retry import parse_retry_after
 
 log = logging.getLogger("pushd.apns")
 

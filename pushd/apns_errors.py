@@ -17,14 +17,11 @@ notification responses from APNs"). The decisions:
 
 from __future__ import annotations
 
-import email.utils
 from dataclasses import dataclass
 
 from pushd.model import Verdict
 
 SUCCESS = 200
-MAX_RETRY_AFTER = 24 * 3600.0
-"""Cap on a server-provided Retry-After: a typo or an "infinity" must not park a push forever."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,23 +196,3 @@ def is_environment_mixup_candidate(status: int | None, reason: str | None) -> bo
     environment once, or check the binding's ``pn-provider`` (``apns.dev`` = sandbox).
     """
     return status == 400 and reason == "BadDeviceToken"
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if bad.
-
-    ``now`` is epoch seconds, needed for the HTTP-date form.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(text).timestamp() - now
-        except (TypeError, ValueError, IndexError):
-            return None
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)

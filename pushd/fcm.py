@@ -18,7 +18,6 @@ would only hammer the token endpoint).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import json
 import logging
@@ -40,6 +39,7 @@ from google.oauth2 import service_account
 from pushd.fcm_errors import classify_fcm, error_code, token_endpoint_refused
 from pushd.logs import short_token
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
+from pushd.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,6 @@ def build_message(request: PushRequest, now: float) -> dict[str, Any]:
     if request.collapse_id:
         android["collapse_key"] = request.collapse_id
     return {"message": {"token": request.token, "data": data, "android": android}}
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from ``now``: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def send_url(base_url: str, project_id: str) -> str:

@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pushd.model import Verdict
+from pushd.retry import MAX_RETRY_AFTER
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 
 QUOTA_MIN_RETRY_AFTER = 60.0
 """FCM: "exponential backoff with a minimum initial delay of 1 minute" for QUOTA_EXCEEDED."""
-
-MAX_RETRY_AFTER = 24 * 3600.0
-"""Cap on a server-provided Retry-After: a typo or an "infinity" must not park a push forever."""
 
 _BAD_TOKEN_PHRASES = (
     "registration token is not a valid",

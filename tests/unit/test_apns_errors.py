@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import email.utils
-
 import pytest
 
-from pushd.apns_errors import (
-    MAX_RETRY_AFTER,
-    classify_apns,
-    is_environment_mixup_candidate,
-    parse_retry_after,
-)
+from pushd.apns_errors import classify_apns, is_environment_mixup_candidate
 from pushd.model import Verdict
 
 D, R, X, C, G = (
@@ -136,27 +129,3 @@ def test_environment_mixup_candidate() -> None:
     assert not is_environment_mixup_candidate(410, "Unregistered")
     assert not is_environment_mixup_candidate(400, "DeviceTokenNotForTopic")
     assert not is_environment_mixup_candidate(None, None)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("7", 7.0),
-        (" 2.5 ", 2.5),
-        ("-3", 0.0),
-        ("soon", None),
-        (None, None),
-        ("nan", None),
-        ("inf", MAX_RETRY_AFTER),
-        ("1e12", MAX_RETRY_AFTER),
-    ],
-)
-def test_parse_retry_after_seconds(value: str | None, expected: float | None) -> None:
-    assert parse_retry_after(value, now=1_000_000.0) == expected
-
-
-def test_parse_retry_after_http_date() -> None:
-    now = 1_700_000_000.0
-    header = email.utils.formatdate(now + 120, usegmt=True)
-
-    assert parse_retry_after(header, now) == pytest.approx(120.0)

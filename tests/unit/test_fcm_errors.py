@@ -6,16 +6,15 @@ from typing import Any
 
 import pytest
 
-from pushd.fcm import parse_retry_after
 from pushd.fcm_errors import (
     FCM_ERROR_TYPE,
-    MAX_RETRY_AFTER,
     QUOTA_MIN_RETRY_AFTER,
     classify_fcm,
     error_code,
     token_endpoint_refused,
 )
 from pushd.model import Verdict
+from pushd.retry import MAX_RETRY_AFTER
 
 BAD_TOKEN_MESSAGE = "The registration token is not a valid FCM registration token"
 
@@ -175,25 +174,6 @@ def test_error_code_prefers_the_fcm_detail_over_the_google_status() -> None:
     assert error_code(404, body) == "UNREGISTERED"
     assert error_code(404, fcm_body(404, "NOT_FOUND", None, "x")) == "NOT_FOUND"
     assert error_code(418, None) == "HTTP 418"
-
-
-# Retry-After parsing lives in fcm.py but decides the same RETRY verdicts.
-
-
-def test_retry_after_in_seconds() -> None:
-    assert parse_retry_after("120", now=0.0) == 120.0
-    assert parse_retry_after(" 5 ", now=0.0) == 5.0
-
-
-def test_retry_after_as_http_date() -> None:
-    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
-    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == pytest.approx(30.0)
-    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # already past
-
-
-@pytest.mark.parametrize("value", [None, "", "soon", "-5"])
-def test_unusable_retry_after_is_ignored(value: str | None) -> None:
-    assert parse_retry_after(value, now=0.0) is None
 
 
 def test_token_endpoint_refusal_is_a_config_error_with_a_hint() -> None:

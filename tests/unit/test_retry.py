@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 
 import pytest
 
-from pushd.retry import RetryPolicy, fits_deadline, next_delay
+from pushd.retry import (
+    MAX_RETRY_AFTER,
+    RetryPolicy,
+    fits_deadline,
+    next_delay,
+    parse_retry_after,
+)
 
 NO_JITTER = RetryPolicy(initial_delay=0.25, max_delay=5.0, multiplier=2.0, jitter=0.0)
 
@@ -62,3 +69,59 @@ def test_full_jitter_never_goes_negative() -> None:
 )
 def test_fits_deadline(now: float, delay: float, deadline: float, fits: bool) -> None:
     assert fits_deadline(now, delay, deadline) is fits
+
+
+# -- parse_retry_after (APNs and FCM headers) --
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("7", 7.0),
+        ("120", 120.0),
+        (" 5 ", 5.0),
+        ("0", 0.0),
+        ("86400", MAX_RETRY_AFTER),
+        ("86401", MAX_RETRY_AFTER),
+        ("9" * 5000, MAX_RETRY_AFTER),  # beyond int()'s digit limit: still no exception
+    ],
+)
+def test_retry_after_in_seconds(value: str, expected: float) -> None:
+    assert parse_retry_after(value, now=1_000_000.0) == expected
+
+
+def test_retry_after_as_http_date() -> None:
+    now = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == pytest.approx(30.0)
+    assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now) == (
+        pytest.approx(120.0)
+    )
+    assert parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # already past
+    assert parse_retry_after("Sat, 14 Nov 2099 22:00:00 GMT", now) == MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "   ",
+        "soon",
+        "²",  # str.isdigit() is True, float() raises
+        "1²",
+        "\u0663",  # ARABIC-INDIC DIGIT THREE: isdigit(), and float() would take it
+        "\uff13\uff10",  # FULLWIDTH "30"
+        "-5",
+        "+5",
+        "2.5",
+        "1e12",
+        "inf",
+        "nan",
+        "5 s",
+        "Tue, 99 Nov 2023 22:13:50 GMT",
+        "Tue, 14 Nov 99999999999 22:13:50 GMT",
+        "\x00",
+    ],
+)
+def test_garbage_retry_after_is_ignored(value: str | None) -> None:
+    assert parse_retry_after(value, now=1_700_000_000.0) is None
