@@ -51,6 +51,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     return uvloop.run(main)
 
+
 def build_providers(
     config: Config, only: Collection[ProviderName] | None = None
 ) -> dict[ProviderName, Provider]:
