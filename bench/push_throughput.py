@@ -64,8 +64,9 @@ from pushd.apns import ApnsProvider, ApnsSettings
 from pushd.app import run_loop
 from pushd.dispatch import Dispatcher
 from pushd.fcm import FcmProvider, FcmSettings
-from pushd.model import Environment, Provider, ProviderName, PushRequest, PushResult
+from pushd.model import Provider, ProviderName, PushRequest, PushResult
 from testkit.certs import TestPki, make_test_pki
+from testkit.fake_apns import client_settings
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS: dict[str, float] = {"apns": 5000.0, "fcm": 1000.0}
@@ -506,17 +507,8 @@ def apns_target(work: Path, max_connections: int) -> Target:
 
     def provider(port: int) -> Provider:
         return ApnsProvider(
-            ApnsSettings(
-                auth="token",
-                key_file=pki.apns_key,
-                key_id=pki.key_id,
-                team_id=pki.team_id,
-                cert_file=None,
-                default_environment=Environment.PRODUCTION,
-                host="127.0.0.1",
-                port=port,
-                ca_file=pki.ca_cert,
-                max_connections=max_connections,
+            client_settings(
+                pki, port, host="127.0.0.1", max_connections=max_connections, timeout=10.0
             )
         )
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import signal
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 from cryptography import x509
@@ -67,6 +68,9 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
 from testkit.certs import TestPki, make_test_pki
+
+if TYPE_CHECKING:
+    from pushd.apns import ApnsSettings
 
 MAX_PAYLOAD = 4096
 MAX_VOIP_PAYLOAD = 5120
@@ -730,6 +734,26 @@ class FakeApnsThread:
         delay: float = 0.0,
     ) -> None:
         self.fake.script(token, status, reason, times, retry_after, delay)
+
+
+def client_settings(pki: TestPki, port: int, **overrides: Any) -> ApnsSettings:
+    """pushd's ApnsSettings for token auth against this fake on ``port``."""
+    from pushd.apns import ApnsSettings
+    from pushd.model import Environment
+
+    base = ApnsSettings(
+        auth="token",
+        key_file=pki.apns_key,
+        key_id=pki.key_id,
+        team_id=pki.team_id,
+        cert_file=None,
+        default_environment=Environment.PRODUCTION,
+        host="localhost",
+        port=port,
+        ca_file=pki.ca_cert,
+        timeout=5.0,
+    )
+    return dataclasses.replace(base, **overrides)
 
 
 # -- helpers --

@@ -7,7 +7,6 @@ Every test uses its own device token, so the fake's records are easy to tell apa
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import socket
 import time
@@ -22,7 +21,7 @@ from pushd.apns import ApnsProvider, ApnsSettings
 from pushd.dispatch import Dispatcher
 from pushd.model import Environment, ProviderName, PushKind, PushRequest, PushResult, Verdict
 from testkit.certs import TestPki, make_test_pki
-from testkit.fake_apns import FakeApnsThread
+from testkit.fake_apns import FakeApnsThread, client_settings
 
 pytestmark = pytest.mark.integration
 
@@ -45,19 +44,7 @@ def token(n: int) -> str:
 
 
 def token_settings(pki: TestPki, port: int, **overrides: Any) -> ApnsSettings:
-    base = ApnsSettings(
-        auth="token",
-        key_file=pki.apns_key,
-        key_id=pki.key_id,
-        team_id=pki.team_id,
-        cert_file=None,
-        default_environment=Environment.PRODUCTION,
-        host="localhost",
-        port=port,
-        ca_file=pki.ca_cert,
-        timeout=5.0,
-    )
-    return dataclasses.replace(base, **overrides)
+    return client_settings(pki, port, **overrides)
 
 
 def push(

@@ -30,7 +30,7 @@ from pushd.dispatch import Dispatcher, RequestDefaults
 from pushd.model import Environment, ProviderName
 from pushd.refresh import Refresher
 from testkit.certs import TestPki, make_test_pki
-from testkit.fake_apns import FakeApnsThread
+from testkit.fake_apns import FakeApnsThread, client_settings
 from testkit.postgres import PG_BIN, PostgresCluster, start_cluster
 from testkit.stack import world_readable_tempdir
 from tests.integration.fake_evapi import SECRET, FakeEvapi
@@ -162,18 +162,7 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def apns_settings(pki: TestPki, port: int) -> ApnsSettings:
-    return ApnsSettings(
-        auth="token",
-        key_file=pki.apns_key,
-        key_id=pki.key_id,
-        team_id=pki.team_id,
-        cert_file=None,
-        default_environment=Environment.SANDBOX,
-        host="localhost",
-        port=port,
-        ca_file=pki.ca_cert,
-        timeout=5.0,
-    )
+    return client_settings(pki, port, default_environment=Environment.SANDBOX)
 
 
 class Wiring:
