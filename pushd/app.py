@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -40,6 +41,7 @@ EXIT_CONFIG = 2
 
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -64,36 +66,18 @@ def build_providers(
     if config.apns is not None and (only is None or ProviderName.APNS in only):
         from pushd.apns import ApnsProvider, ApnsSettings
 
-        a = config.apns
-        providers[ProviderName.APNS] = ApnsProvider(
-            ApnsSettings(
-                auth=a.auth,
-                key_file=a.key_file,
-                key_id=a.key_id,
-                team_id=a.team_id,
-                cert_file=a.cert_file,
-                default_environment=a.default_environment,
-                host=a.host,
-                port=a.port,
-                ca_file=a.ca_file,
-                max_connections=a.max_connections,
-                timeout=a.timeout,
-            )
-        )
+        providers[ProviderName.APNS] = ApnsProvider(_settings(ApnsSettings, config.apns))
     if config.fcm is not None and (only is None or ProviderName.FCM in only):
         from pushd.fcm import FcmProvider, FcmSettings
 
-        f = config.fcm
-        providers[ProviderName.FCM] = FcmProvider(
-            FcmSettings(
-                service_account_file=f.service_account_file,
-                token_uri=f.token_uri,
-                base_url=f.base_url,
-                timeout=f.timeout,
-                max_workers=f.max_workers,
-            )
-        )
+        providers[ProviderName.FCM] = FcmProvider(_settings(FcmSettings, config.fcm))
     return providers
+
+
+def _settings(cls: type[S], section: object) -> S:
+    """A provider's settings from its config section: the same field names, copied over
+    (config.py validates; the provider modules stay unimported until needed)."""
+    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def request_defaults(config: Config) -> RequestDefaults:
