@@ -210,17 +210,18 @@ class FakeServer:
 # -- push messages as Kamailio sends them ----------------------------------------------------
 
 
-def apns_frames(count: int, deadline: float, pki: TestPki) -> list[bytes]:
-    """Netstring-framed ``push`` messages for iPhones (VoIP call pushes), ids unique."""
-    param = f"{pki.team_id}.{pki.bundle}.voip"
+def push_frames(
+    count: int, deadline: float, provider: str, prid: Callable[[int], str], param: str
+) -> list[bytes]:
+    """Netstring-framed ``push`` call messages as Kamailio sends them, ids unique."""
     return [
         netstring.encode(
             {
                 "type": "push",
-                "id": f"a{i}",
+                "id": f"{provider}{i}",
                 "kind": "call",
-                "provider": "apns",
-                "prid": f"{i:064x}",
+                "provider": provider,
+                "prid": prid(i),
                 "param": param,
                 "aor": f"sip:user{i % 1000}@pushgate.test",
                 "ruid": f"uloc-{i:x}",
@@ -236,29 +237,15 @@ def apns_frames(count: int, deadline: float, pki: TestPki) -> list[bytes]:
     ]
 
 
+def apns_frames(count: int, deadline: float, pki: TestPki) -> list[bytes]:
+    """iPhones (VoIP call pushes)."""
+    param = f"{pki.team_id}.{pki.bundle}.voip"
+    return push_frames(count, deadline, "apns", lambda i: f"{i:064x}", param)
+
+
 def fcm_frames(count: int, deadline: float) -> list[bytes]:
-    """Netstring-framed ``push`` messages for Android phones, ids unique."""
-    return [
-        netstring.encode(
-            {
-                "type": "push",
-                "id": f"f{i}",
-                "kind": "call",
-                "provider": "fcm",
-                "prid": f"fcm-{i:040x}:APA91b",
-                "param": FCM_PROJECT,
-                "aor": f"sip:user{i % 1000}@pushgate.test",
-                "ruid": f"uloc-{i:x}",
-                "deadline": deadline,
-                "data": {
-                    "call_id": f"bench-{i}@pushgate.test",
-                    "caller": "sip:bob@pushgate.test",
-                    "aor": f"sip:user{i % 1000}@pushgate.test",
-                },
-            }
-        )
-        for i in range(count)
-    ]
+    """Android phones."""
+    return push_frames(count, deadline, "fcm", lambda i: f"fcm-{i:040x}:APA91b", FCM_PROJECT)
 
 
 # -- the load ------------------------------------------------------------------------------
