@@ -1,7 +1,8 @@
 """APNs provider: one push attempt per call, over aioapns, with one shared JWT.
 
-aioapns does the HTTP/2 work; this module decides what to send and fixes what aioapns
-gets wrong for a long-running daemon (PROTOCOLS.md section 5):
+aioapns provides the client, its connection pool and its protocol class; this module
+decides what to send and fixes what aioapns gets wrong for a long-running daemon
+(PROTOCOLS.md section 5):
 
 * **One provider token.** aioapns mints a JWT per connection, and connections close after
   10 s idle, so sporadic pushes would mint a JWT almost every time and earn
@@ -12,14 +13,14 @@ gets wrong for a long-running daemon (PROTOCOLS.md section 5):
   ``APNS_PORT``), so the fake APNs and Apple's sandbox host need no global patching.
 * **One attempt.** ``max_connection_attempts=1`` and no loop here: the dispatcher owns
   retries and backoff. Every failure becomes a :class:`PushResult`, never an exception.
-* **Retry-After** is read from the response headers, which aioapns drops.
-* Requests abandoned by a timeout are forgotten, so a late answer does not blow up the
-  connection (aioapns would ``set_result`` on a cancelled future).
+* **HTTP/2.** That subclass (:class:`_ApnsProtocol`) speaks HTTP/2 through
+  :mod:`pushd.apns_h2` instead of h2: h2 alone cost more CPU per push than pushd's whole
+  budget. It also keeps Retry-After, gives received data back as flow-control window,
+  resets the streams of abandoned requests, and fails only the requests a GOAWAY or
+  RST_STREAM concerns, all of which aioapns' own protocol class got wrong.
 * **Stream slots.** aioapns 4.0 loses the slots of a ``MAX_CONCURRENT_STREAMS`` raise that
   arrives while a request is in flight (APNs: 1 until a valid JWT, then 1000), leaving
   each connection 1-2 usable streams for good; :class:`_StreamSlots` counts them right.
-* **Cheaper HPACK.** No Huffman coding and no per-header validation of what we send, and
-  the JWT is indexed in the connection's HPACK table (see :func:`_h2_connection`).
 
 Logging: device tokens only through :func:`pushd.logs.short_token`, never JWTs or key material.
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import json
 import logging
 import ssl
@@ -48,17 +50,26 @@ from aioapns.connection import (
     AuthorizationHeaderProvider,
     ChannelPool,
 )
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
-from aioapns.exceptions import MaxAttemptsExceeded
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.exceptions import H2Error, NoAvailableStreamIDError
+from h2.exceptions import NoAvailableStreamIDError
 
 from pushd.apns_errors import classify_apns
+from pushd.apns_h2 import (
+    Answer,
+    ErrorCode,
+    GoAway,
+    H2Client,
+    MaxStreamsChanged,
+    ProtocolError,
+    StreamIdsExhausted,
+    StreamReset,
+    error_name,
+)
 from pushd.logs import short_token
 from pushd.model import (
     Environment,
@@ -85,6 +96,8 @@ wrong clock every token is "expired", and minting per push would add
 TooManyProviderTokenUpdates to the trouble."""
 MAX_PAYLOAD = 4096
 MAX_VOIP_PAYLOAD = 5120
+FLUSH_EVERY = 8
+"""Requests coalesced into one write at most (see :meth:`_ApnsProtocol.send_notification`)."""
 CLOSE_GRACE = 1.0
 """Seconds close() waits for connections to finish their TLS shutdown."""
 
@@ -173,9 +186,13 @@ class ApnsMessage:
     payload: dict[str, Any]
     collapse_id: str | None
 
+    @functools.cached_property
+    def body(self) -> bytes:
+        """The payload as sent (the encoding aioapns uses)."""
+        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")).encode()
+
     def encoded_size(self) -> int:
-        # Same encoding as aioapns uses on the wire.
-        return len(json.dumps(self.payload, ensure_ascii=False).encode())
+        return len(self.body)
 
     def size_limit(self) -> int:
         return MAX_VOIP_PAYLOAD if self.push_type is ApnsPushType.VOIP else MAX_PAYLOAD
@@ -334,21 +351,36 @@ def load_apns_key(path: Path) -> ec.EllipticCurvePrivateKey:
 # -- aioapns glue --
 
 
-class _AnswerHeaders:
-    """Retry-After values by apns-id, handed from the protocol to the provider."""
+class ApnsAnswer(NotificationResult):
+    """aioapns' result, plus the Retry-After header that aioapns never passes on."""
 
-    LIMIT = 1024  # entries of abandoned requests must not pile up
+    __slots__ = ("retry_after",)
 
-    def __init__(self) -> None:
-        self._retry_after: dict[str, str] = {}
+    def __init__(
+        self,
+        notification_id: str,
+        status: str,
+        description: str | None = None,
+        timestamp: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(notification_id, status, description, timestamp)
+        self.retry_after = retry_after
 
-    def put(self, apns_id: str, retry_after: str) -> None:
-        if len(self._retry_after) >= self.LIMIT:
-            self._retry_after.pop(next(iter(self._retry_after)))
-        self._retry_after[apns_id] = retry_after
 
-    def pop(self, apns_id: str) -> str | None:
-        return self._retry_after.pop(apns_id, None)
+class ApnsNoAnswer(Exception):
+    """APNs will not answer this request (stream reset, connection going away, broken
+    HTTP/2); the message says why. Worth a retry on another connection."""
+
+
+class _Notification(NotificationRequest):
+    """aioapns' request, carrying the JSON body already encoded for the size check."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.body = body
 
 
 class _StreamSlots(ChannelPool):
@@ -388,7 +420,8 @@ class _StreamSlots(ChannelPool):
     def locked(self) -> bool:
         return self.is_busy or bool(self._queue)
 
-    async def acquire(self) -> int:  # type: ignore[override]  # aioapns returns the stream id
+    async def acquire(self) -> int:  # type: ignore[override]  # aioapns returns a stream id
+        """Wait for a free slot. The stream id is the HTTP/2 layer's; 0 is returned."""
         if self._queue or self._open >= self._bound_value:
             waiter = asyncio.get_running_loop().create_future()
             self._queue.append(waiter)
@@ -403,18 +436,15 @@ class _StreamSlots(ChannelPool):
         else:
             self._open += 1
         self._value = self._bound_value - self._open
-        self._stream_id += 2
-        if self._stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
-            raise NoAvailableStreamIDError()
-        return self._stream_id
+        return 0
 
     def release(self) -> None:
-        """A stream ended (aioapns calls this from ``on_stream_ended``)."""
+        """A stream ended."""
         self._open = max(self._open - 1, 0)
         self._wake()
 
     def destroy(self, exc: Exception) -> None:
-        """The connection is gone: fail every waiter (aioapns, from ``connection_lost``)."""
+        """The connection is gone: fail every waiter."""
         while self._queue:
             waiter = self._queue.popleft()
             if not waiter.done():
@@ -429,74 +459,23 @@ class _StreamSlots(ChannelPool):
         self._value = self._bound_value - self._open
 
 
-_INDEXED_HEADERS = frozenset(
-    {b"host", b"apns-topic", b"apns-push-type", b"apns-priority", b"authorization"}
-)
-"""Request headers worth a place in the HPACK table: the same on most requests of a
-connection (names as the encoder gets them: h2 has turned them into bytes). The others
-(``:path`` with the device token, ``apns-id``, ``apns-expiration``, ``apns-collapse-id``)
-differ per push and would only push the JWT out of the 4 KB table."""
-
-
-def _h2_connection() -> H2Connection:
-    """An h2 client connection tuned for aioapns' requests.
-
-    * No normalisation or validation of outbound headers: aioapns sends a fixed set of
-      lower-case ``str`` headers, and h2 checks each of them in Python on every request.
-    * No Huffman coding (pure Python in hpack, the hottest function of a busy pushd): a
-      few more bytes on a local-CPU-bound, not bandwidth-bound, connection.
-    * The JWT is *indexed*: h2 would mark ``authorization`` never-indexed and re-send the
-      ~200-byte token with every request; indexed, it goes out once per connection and
-      then as a 1-byte reference. Security trade-off, made on purpose: the token then sits
-      in this connection's HPACK table, which is what CRIME-style compression attacks
-      probe. Such an attack needs someone who observes our TLS stream's record sizes *and*
-      can make us send a guessed ``authorization`` value on this same connection; HPACK
-      only matches whole name/value pairs, the header names are fixed here, and what a SIP
-      client controls (device token, topic) lands in other headers. On a server-to-server
-      connection to Apple that is not a realistic position. Per-push values are sent
-      never-indexed (:data:`_INDEXED_HEADERS`), so they do not evict the JWT.
-    """
-    conn = H2Connection(
-        H2Configuration(
-            client_side=True,
-            normalize_outbound_headers=False,
-            validate_outbound_headers=False,
-            validate_inbound_headers=False,
-        )
-    )
-    encode = conn.encoder.encode
-
-    def encode_headers(headers: Any, huffman: bool = False) -> bytes:
-        return encode(
-            [(name, value, name not in _INDEXED_HEADERS) for name, value in headers],
-            huffman=False,
-        )
-
-    conn.encoder.encode = encode_headers  # type: ignore[method-assign]
-    return conn
-
-
-class _Abandoned:
-    """Counts requests whose caller gave up waiting (timeout, cancellation).
-
-    Shared by the connections of one provider: a connection sweeps its finished futures
-    only when this count moved since its last sweep, not on every read.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
 class _ApnsProtocol(APNsTLSClientProtocol):
-    """aioapns' connection, pointed at our host, with our JWT and a few leaks plugged.
+    """One APNs connection: aioapns' protocol class, with :mod:`pushd.apns_h2` as its
+    HTTP/2 layer instead of h2 (see that module for why), our host and our JWT.
+
+    aioapns' pool and client drive it as they drive their own protocol (``send_notification``,
+    ``is_busy``, ``close``, ``on_connection_lost``). Besides speed, this fixes what
+    aioapns' own protocol got wrong for a long-running daemon: received DATA is given back
+    as flow-control window, an answer without a JSON body still resolves its request, a
+    request abandoned by a timeout is reset (RST_STREAM) and frees its slot, Retry-After
+    is kept, and GOAWAY, RST_STREAM and protocol errors fail only the requests they concern,
+    with the reason.
 
     Subclassed once per environment by :meth:`ApnsProvider._protocol_class`, which sets
     the class attributes below.
     """
 
     provider_token: ClassVar[ProviderToken | None] = None
-    answers: ClassVar[_AnswerHeaders]
-    abandoned: ClassVar[_Abandoned]
 
     def __init__(
         self,
@@ -510,39 +489,198 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         super().__init__(
             apns_topic, loop, on_connection_lost, shared if shared is not None else auth_provider
         )
-        self.conn = _h2_connection()
+        self.wire = H2Client(self.APNS_SERVER)
         self.free_channels = _StreamSlots(1000)  # the server's SETTINGS set the real bound
-        self._swept = self.abandoned.count
+        self.waiting: dict[int, tuple[str, asyncio.Future[ApnsAnswer]]] = {}
+        """Requests in flight by stream id: their apns-id and who waits for the answer."""
+        self._going_away = False
+        self._flush_scheduled = False
+        self._unflushed = 0
+        self._last_active = self.loop.time()
+
+    @property
+    def is_busy(self) -> bool:
+        return self._going_away or self.free_channels.is_busy
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+        self.wire.preface()
+        self._write()
+        self._arm_idle_timer(self.INACTIVITY_TIME)
+
+    async def send_notification(self, request: NotificationRequest) -> ApnsAnswer:
+        await self.free_channels.acquire()
+        try:
+            if self._going_away:
+                raise ApnsNoAnswer("connection closing (GOAWAY) before the request went out")
+            stream_id = self.wire.send_request(
+                f"/3/device/{request.device_token}",
+                self._headers(request),
+                self.auth_provider.get_header() if self.auth_provider else None,
+                request.body
+                if isinstance(request, _Notification)
+                else json.dumps(request.message, ensure_ascii=False).encode(),
+            )
+        except StreamIdsExhausted:
+            self.free_channels.release()
+            raise NoAvailableStreamIDError from None  # aioapns' pool closes the connection
+        except BaseException:
+            self.free_channels.release()
+            raise
+        future: asyncio.Future[ApnsAnswer] = self.loop.create_future()
+        self.waiting[stream_id] = (request.notification_id, future)
+        # Requests made in the same loop turn (typically: the tasks woken by one read's
+        # answers) leave in few TLS writes, not one write and syscall each. Every
+        # FLUSH_EVERY requests go at once, so the server starts on them while we build
+        # the rest (one write per turn would make the two sides take turns).
+        self._unflushed += 1
+        if self._unflushed >= FLUSH_EVERY:
+            self._write()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Timed out or cancelled: tell the server, and free the slot now.
+            if self.waiting.pop(stream_id, None) is not None:
+                self.wire.reset_stream(stream_id)
+                self.free_channels.release()
+                self._write()
+            raise
+
+    def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
+        # aioapns' header set and order; apns-expiration is absolute, from its relative TTL.
+        headers = [
+            ("apns-id", request.notification_id),
+            ("apns-topic", request.apns_topic or self.apns_topic),
+        ]
+        if request.time_to_live is not None:
+            headers.append(("apns-expiration", str(int(time.time()) + request.time_to_live)))
+        if request.priority is not None:
+            headers.append(("apns-priority", str(request.priority)))
+        if request.collapse_key is not None:
+            headers.append(("apns-collapse-id", request.collapse_key))
+        if request.push_type is not None:
+            headers.append(("apns-push-type", request.push_type.value))
+        return headers
 
     def data_received(self, data: bytes) -> None:
-        if self.abandoned.count != self._swept:
-            self._forget_abandoned()
-        super().data_received(data)
+        self._last_active = self.loop.time()
+        try:
+            events = self.wire.receive(data)
+        except ProtocolError as exc:
+            log.warning("APNs connection to %s: %s; closing it", self.APNS_SERVER, exc)
+            self.wire.close(exc.code, str(exc))
+            self._fail_streams(lambda _: True, f"HTTP/2 error from APNs ({exc})")
+            self.close()
+            return
+        for event in events:
+            if type(event) is Answer:
+                self._answered(event)
+            elif type(event) is MaxStreamsChanged:
+                self.free_channels.bound = event.value
+            elif type(event) is StreamReset:
+                self._fail_streams(
+                    event.stream_id.__eq__,
+                    f"stream reset by APNs ({error_name(event.error_code)})",
+                )
+            elif type(event) is GoAway:
+                self._on_goaway(event)
+        self._write()
+        if self._going_away and not self.waiting:
+            self.close()
+
+    def _answered(self, answer: Answer) -> None:
+        entry = self.waiting.pop(answer.stream_id, None)
+        if entry is None:
+            return
+        self.free_channels.release()
+        apns_id, future = entry
+        reason, timestamp = _error_body(answer) if answer.status != 200 else (None, None)
+        if not future.done():
+            future.set_result(
+                ApnsAnswer(apns_id, str(answer.status), reason, timestamp, answer.retry_after)
+            )
+
+    def _on_goaway(self, event: GoAway) -> None:
+        self._going_away = True
+        why = error_name(event.error_code)
+        debug = event.debug.decode("utf-8", "replace")[:200]
+        level = logging.INFO if event.error_code == ErrorCode.NO_ERROR else logging.WARNING
+        log.log(
+            level, "APNs is closing a connection (GOAWAY %s%s)", why, f": {debug}" if debug else ""
+        )
+        self._fail_streams(
+            lambda stream_id: stream_id > event.last_stream_id,
+            f"APNs closed the connection before handling the request (GOAWAY {why})",
+        )
+
+    def _fail_streams(self, which: Callable[[int], bool], why: str) -> None:
+        for stream_id in [s for s in self.waiting if which(s)]:
+            _apns_id, future = self.waiting.pop(stream_id)
+            self.free_channels.release()
+            if not future.done():
+                future.set_exception(ApnsNoAnswer(why))
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._write()
+
+    def _write(self) -> None:
+        self._unflushed = 0
+        out = self.wire.data_to_send()
+        if out and self.transport is not None:
+            self._last_active = self.loop.time()
+            self.transport.write(out)
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self.inactivity_timer = self.loop.call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        # aioapns re-armed a timer on every write; a check that re-arms itself costs less.
+        idle = self.loop.time() - self._last_active
+        if idle >= self.INACTIVITY_TIME:
+            self.close()
+        else:
+            self._arm_idle_timer(self.INACTIVITY_TIME - idle)
+
+    def close(self) -> None:
+        if self.inactivity_timer:
+            self.inactivity_timer.cancel()
+        if self.transport is not None and not self.transport.is_closing():
+            self.wire.close()
+            self._write()
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._forget_abandoned()
-        super().connection_lost(exc)
+        if self.inactivity_timer:
+            self.inactivity_timer.cancel()
+        if self.on_connection_lost:
+            self.on_connection_lost(self)  # the pool forgets this connection
+        closed = ConnectionClosed(str(exc))
+        for _apns_id, future in self.waiting.values():
+            if not future.done():
+                future.set_exception(closed)
+        self.waiting.clear()
+        self.free_channels.destroy(closed)
 
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
-        retry_after = headers.get(b"retry-after")
-        if retry_after is not None:
-            apns_id = headers.get(b"apns-id", b"").decode("latin-1")
-            self.answers.put(apns_id, retry_after.decode("latin-1"))
-        super().on_response_received(headers)
 
-    def on_stream_ended(self, stream_id: int) -> None:
-        # aioapns only clears stream -> request entries on error answers; a connection that
-        # never idles would otherwise grow this dict by one entry per successful push.
-        self.request_streams.pop(stream_id, None)
-        super().on_stream_ended(stream_id)
-
-    def _forget_abandoned(self) -> None:
-        # A request whose caller timed out has a cancelled future; aioapns would call
-        # set_result/set_exception on it and raise InvalidStateError inside the protocol.
-        # O(requests in flight): run only after an abandonment (and when the line drops).
-        self._swept = self.abandoned.count
-        for apns_id in [i for i, future in self.requests.items() if future.done()]:
-            del self.requests[apns_id]
+def _error_body(answer: Answer) -> tuple[str | None, int | None]:
+    """``reason`` and ``timestamp`` from an APNs error body (JSON); (None, None) when the
+    body is missing or is not APNs' JSON (a proxy's HTML page, say)."""
+    try:
+        data = json.loads(answer.body)
+    except ValueError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    reason = data.get("reason")
+    timestamp = data.get("timestamp")
+    return (
+        reason if isinstance(reason, str) and reason else None,
+        timestamp if isinstance(timestamp, int) else None,
+    )
 
 
 _LOG_LEVELS = {
@@ -568,8 +706,6 @@ class ApnsProvider:
         self.settings = settings
         self._clock = clock
         self._clients: dict[Environment, APNs] = {}
-        self._answers = _AnswerHeaders()
-        self._abandoned = _Abandoned()
         self._last_connect_error: str | None = None
         self._token: ProviderToken | None = None
         self._cert_topic: str | None = None
@@ -623,7 +759,8 @@ class ApnsProvider:
     async def _attempt(
         self, request: PushRequest, message: ApnsMessage, timeout: float
     ) -> PushResult:
-        notification = NotificationRequest(
+        notification = _Notification(
+            body=message.body,
             device_token=request.token,
             message=message.payload,
             time_to_live=message.time_to_live,
@@ -639,15 +776,15 @@ class ApnsProvider:
             async with asyncio.timeout(timeout):
                 answer = await client.send_notification(notification)
         except TimeoutError:
-            self._abandoned.count += 1
             return self._no_answer(request, message, f"no answer within {timeout:.1f} s")
-        except asyncio.CancelledError:  # e.g. the dispatcher's own deadline
-            self._abandoned.count += 1
-            raise
         except MaxAttemptsExceeded:
             return self._no_answer(request, message, self._connection_trouble())
-        except (ApnsConnectionError, OSError, H2Error) as exc:
+        except ApnsNoAnswer as exc:
+            return self._no_answer(request, message, str(exc))
+        except (ApnsConnectionError, OSError) as exc:
             return self._no_answer(request, message, f"{type(exc).__name__}: {exc}")
+        if not isinstance(answer, ApnsAnswer):  # our protocol class always answers so
+            raise TypeError(f"unexpected APNs answer {answer!r}")
         return self._answered(request, message, notification.notification_id, answer, generation)
 
     def _answered(
@@ -655,11 +792,11 @@ class ApnsProvider:
         request: PushRequest,
         message: ApnsMessage,
         apns_id: str,
-        answer: NotificationResult,
+        answer: ApnsAnswer,
         generation: int,
     ) -> PushResult:
         status = int(answer.status) if str(answer.status).isdigit() else None
-        retry_after = parse_retry_after(self._answers.pop(apns_id), self._clock())
+        retry_after = parse_retry_after(answer.retry_after, self._clock())
         verdict = classify_apns(status, answer.description, retry_after, topic=message.topic)
         if verdict.new_jwt and self._token is not None:
             self._token.expired(generation)
@@ -747,8 +884,6 @@ class ApnsProvider:
             "APNS_SERVER": self.settings.host or APPLE_HOSTS[environment],
             "APNS_PORT": self.settings.port,
             "provider_token": self._token,
-            "answers": self._answers,
-            "abandoned": self._abandoned,
         }
         return cast(
             "type[_ApnsProtocol]", type(f"ApnsProtocol_{environment}", (_ApnsProtocol,), attrs)

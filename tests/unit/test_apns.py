@@ -92,10 +92,12 @@ def test_refresh_is_a_low_priority_background_push() -> None:
     assert msg.payload == {"aps": {"content-available": 1}, "reason": "refresh"}
 
 
-def test_size_is_measured_like_aioapns_sends_it() -> None:
+def test_size_is_measured_on_the_body_as_sent_compact_utf8() -> None:
     msg = build_message(request(PushKind.CALL, data={"name": "é" * 10}), NOW)
 
-    assert msg.encoded_size() == len(b'{"aps": {}, "name": "') + 20 + 2
+    # No spaces after separators (Apple counts them against the limit), UTF-8 unescaped.
+    assert msg.body == '{"aps":{},"name":"ééééééééééé"}'.replace("é", "", 1).encode()
+    assert msg.encoded_size() == len(b'{"aps":{},"name":"') + 20 + 2
 
 
 @pytest.mark.parametrize(
