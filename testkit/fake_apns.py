@@ -266,6 +266,7 @@ class FakeApns:
         self._distinct_jwts: set[str] = set()
         self._connections_opened = 0
         self._stream_limit_violations = 0
+        self._streams_reset = 0
         self.port = 0
 
     # -- lifecycle (call from the server's loop) --
@@ -312,6 +313,12 @@ class FakeApns:
         """Streams a client opened beyond a MAX_CONCURRENT_STREAMS it had acknowledged."""
         with self._lock:
             return self._stream_limit_violations
+
+    @property
+    def streams_reset(self) -> int:
+        """Streams the client reset (RST_STREAM) before their answer."""
+        with self._lock:
+            return self._streams_reset
 
     def pushes_for(self, token: str) -> list[PushRecord]:
         return [p for p in self.pushes if p.token.lower() == token.lower()]
@@ -466,6 +473,10 @@ class FakeApns:
         with self._lock:
             self._stream_limit_violations += 1
 
+    def _count_reset(self) -> None:
+        with self._lock:
+            self._streams_reset += 1
+
     def _forget(self, connection: _ServerConnection) -> None:
         self._connections.discard(connection)
 
@@ -547,6 +558,7 @@ class _ServerConnection(asyncio.Protocol):
             self._on_stream_ended(event.stream_id)
         elif isinstance(event, StreamReset):
             self._streams.pop(event.stream_id, None)
+            self.server._count_reset()
         elif isinstance(event, SettingsAcknowledged):
             if self._pending_limits:
                 self._limit = self._pending_limits.popleft()
@@ -717,6 +729,10 @@ class FakeApnsThread:
     @property
     def stream_limit_violations(self) -> int:
         return self.fake.stream_limit_violations
+
+    @property
+    def streams_reset(self) -> int:
+        return self.fake.streams_reset
 
     def pushes_for(self, token: str) -> list[PushRecord]:
         return self.fake.pushes_for(token)

@@ -259,6 +259,7 @@ def test_a_slow_answer_times_out_and_the_connection_survives_it(
     assert elapsed < 0.5
     assert after.verdict is Verdict.DELIVERED
     assert apns.connections_opened == 1  # the late answer did not kill the connection
+    assert apns.streams_reset == 1  # the abandoned request was cancelled with RST_STREAM
 
 
 def test_server_down_is_a_quick_retry(pki: TestPki) -> None:
@@ -381,6 +382,30 @@ def test_a_push_cancelled_from_outside_does_not_break_the_connection(
     after = asyncio.run(run())
 
     assert after.verdict is Verdict.DELIVERED
+    assert apns.connections_opened == 1
+
+
+def test_a_connection_keeps_answering_after_64_kib_of_error_bodies(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    """Error answers carry a JSON body; aioapns never gave that data back as flow-control
+    window, so after ~64 KiB of them a connection could receive no further answer."""
+    count = 2500  # x ~35 bytes of {"reason": "BadExpirationDate"}: over 64 KiB
+    tokens = [token(n % 200 + 20) for n in range(count)]
+    for tok in set(tokens):
+        apns.script(tok, 400, "BadExpirationDate")
+    settings = token_settings(pki, apns.port, max_connections=1)
+
+    async def run() -> list[PushResult]:
+        provider = ApnsProvider(settings)
+        try:
+            return await asyncio.gather(*(provider.send(push(tok)) for tok in tokens))
+        finally:
+            await provider.close()
+
+    results = asyncio.run(run())
+
+    assert [r.reason for r in results] == ["BadExpirationDate"] * count
     assert apns.connections_opened == 1
 
 
