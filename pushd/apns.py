@@ -31,10 +31,12 @@ import asyncio
 import collections
 import enum
 import functools
+import itertools
 import json
 import logging
 import ssl
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +176,10 @@ _DEFAULT_BODY = {
 }
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Compact UTF-8 JSON: Apple counts every byte against the payload limit."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ApnsMessage:
     """Everything that goes into one APNs request besides the token."""
@@ -189,7 +195,7 @@ class ApnsMessage:
     @functools.cached_property
     def body(self) -> bytes:
         """The payload as sent (the encoding aioapns uses)."""
-        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":")).encode()
+        return _JSON.encode(self.payload).encode()
 
     def encoded_size(self) -> int:
         return len(self.body)
@@ -374,13 +380,40 @@ class ApnsNoAnswer(Exception):
 
 
 class _Notification(NotificationRequest):
-    """aioapns' request, carrying the JSON body already encoded for the size check."""
+    """aioapns' request, plus what our protocol class needs: the JSON body already encoded
+    (for the size check) and how long to wait for the answer."""
 
-    __slots__ = ("body",)
+    __slots__ = ("body", "timeout")
 
-    def __init__(self, body: bytes, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.body = body
+    def __init__(self, message: ApnsMessage, token: str, apns_id: str, timeout: float) -> None:
+        # NotificationRequest's fields, set here: its __init__ would draw a uuid4 per push.
+        self.device_token = token
+        self.message = message.payload
+        self.notification_id = apns_id
+        self.time_to_live = message.time_to_live
+        self.priority = message.priority
+        self.collapse_key = message.collapse_id
+        self.push_type = _PUSH_TYPES[message.push_type]
+        self.apns_topic = message.topic
+        self.body = message.body
+        self.timeout = timeout
+
+
+_PUSH_TYPES = {kind: PushType(kind.value) for kind in ApnsPushType}
+
+
+class _ApnsIds:
+    """``apns-id`` values: canonical UUIDs (version 4 layout), random per process, then
+    counted. APNs needs them unique; ``str(uuid4())`` per push cost 5 µs."""
+
+    def __init__(self) -> None:
+        r = uuid.uuid4().hex
+        variant = "89ab"[int(r[16], 16) & 3]
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{variant}{r[17:20]}-"
+        self._counter = itertools.count(int(r[20:], 16))
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFF_FFFF_FFFF:012x}"
 
 
 class _StreamSlots(ChannelPool):
@@ -459,6 +492,16 @@ class _StreamSlots(ChannelPool):
         self._value = self._bound_value - self._open
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """A request in flight on a connection."""
+
+    apns_id: str
+    future: asyncio.Future[ApnsAnswer]
+    timer: asyncio.TimerHandle
+    """Gives up when no answer came in time."""
+
+
 class _ApnsProtocol(APNsTLSClientProtocol):
     """One APNs connection: aioapns' protocol class, with :mod:`pushd.apns_h2` as its
     HTTP/2 layer instead of h2 (see that module for why), our host and our JWT.
@@ -491,8 +534,8 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         )
         self.wire = H2Client(self.APNS_SERVER)
         self.free_channels = _StreamSlots(1000)  # the server's SETTINGS set the real bound
-        self.waiting: dict[int, tuple[str, asyncio.Future[ApnsAnswer]]] = {}
-        """Requests in flight by stream id: their apns-id and who waits for the answer."""
+        self.waiting: dict[int, _Waiting] = {}
+        """Requests in flight, by stream id."""
         self._going_away = False
         self._flush_scheduled = False
         self._unflushed = 0
@@ -509,6 +552,8 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         self._arm_idle_timer(self.INACTIVITY_TIME)
 
     async def send_notification(self, request: NotificationRequest) -> ApnsAnswer:
+        if not isinstance(request, _Notification):
+            raise TypeError("send through ApnsProvider")
         await self.free_channels.acquire()
         try:
             if self._going_away:
@@ -517,9 +562,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
                 f"/3/device/{request.device_token}",
                 self._headers(request),
                 self.auth_provider.get_header() if self.auth_provider else None,
-                request.body
-                if isinstance(request, _Notification)
-                else json.dumps(request.message, ensure_ascii=False).encode(),
+                request.body,
             )
         except StreamIdsExhausted:
             self.free_channels.release()
@@ -528,7 +571,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
             self.free_channels.release()
             raise
         future: asyncio.Future[ApnsAnswer] = self.loop.create_future()
-        self.waiting[stream_id] = (request.notification_id, future)
+        # A timer per stream, not asyncio.timeout around the send: a third of the cost.
+        timer = self.loop.call_later(request.timeout, self._expire, stream_id, request.timeout)
+        self.waiting[stream_id] = _Waiting(request.notification_id, future, timer)
         # Requests made in the same loop turn (typically: the tasks woken by one read's
         # answers) leave in few TLS writes, not one write and syscall each. Every
         # FLUSH_EVERY requests go at once, so the server starts on them while we build
@@ -542,12 +587,23 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         try:
             return await future
         except asyncio.CancelledError:
-            # Timed out or cancelled: tell the server, and free the slot now.
-            if self.waiting.pop(stream_id, None) is not None:
-                self.wire.reset_stream(stream_id)
-                self.free_channels.release()
-                self._write()
+            self._abandon(stream_id)
             raise
+
+    def _expire(self, stream_id: int, timeout: float) -> None:
+        waiting = self._abandon(stream_id)
+        if waiting is not None and not waiting.future.done():
+            waiting.future.set_exception(ApnsNoAnswer(f"no answer within {timeout:.1f} s"))
+
+    def _abandon(self, stream_id: int) -> _Waiting | None:
+        """Give up on a request: tell the server (RST_STREAM) and free its slot now."""
+        waiting = self.waiting.pop(stream_id, None)
+        if waiting is not None:
+            waiting.timer.cancel()
+            self.wire.reset_stream(stream_id)
+            self.free_channels.release()
+            self._write()
+        return waiting
 
     def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
         # aioapns' header set and order; apns-expiration is absolute, from its relative TTL.
@@ -592,15 +648,17 @@ class _ApnsProtocol(APNsTLSClientProtocol):
             self.close()
 
     def _answered(self, answer: Answer) -> None:
-        entry = self.waiting.pop(answer.stream_id, None)
-        if entry is None:
+        waiting = self.waiting.pop(answer.stream_id, None)
+        if waiting is None:
             return
+        waiting.timer.cancel()
         self.free_channels.release()
-        apns_id, future = entry
         reason, timestamp = _error_body(answer) if answer.status != 200 else (None, None)
-        if not future.done():
-            future.set_result(
-                ApnsAnswer(apns_id, str(answer.status), reason, timestamp, answer.retry_after)
+        if not waiting.future.done():
+            waiting.future.set_result(
+                ApnsAnswer(
+                    waiting.apns_id, str(answer.status), reason, timestamp, answer.retry_after
+                )
             )
 
     def _on_goaway(self, event: GoAway) -> None:
@@ -618,10 +676,11 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     def _fail_streams(self, which: Callable[[int], bool], why: str) -> None:
         for stream_id in [s for s in self.waiting if which(s)]:
-            _apns_id, future = self.waiting.pop(stream_id)
+            waiting = self.waiting.pop(stream_id)
+            waiting.timer.cancel()
             self.free_channels.release()
-            if not future.done():
-                future.set_exception(ApnsNoAnswer(why))
+            if not waiting.future.done():
+                waiting.future.set_exception(ApnsNoAnswer(why))
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -659,9 +718,10 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         if self.on_connection_lost:
             self.on_connection_lost(self)  # the pool forgets this connection
         closed = ConnectionClosed(str(exc))
-        for _apns_id, future in self.waiting.values():
-            if not future.done():
-                future.set_exception(closed)
+        for waiting in self.waiting.values():
+            waiting.timer.cancel()
+            if not waiting.future.done():
+                waiting.future.set_exception(closed)
         self.waiting.clear()
         self.free_channels.destroy(closed)
 
@@ -707,6 +767,7 @@ class ApnsProvider:
         self._clock = clock
         self._clients: dict[Environment, APNs] = {}
         self._last_connect_error: str | None = None
+        self._apns_ids = _ApnsIds()
         self._token: ProviderToken | None = None
         self._cert_topic: str | None = None
         if settings.auth == "token":
@@ -759,24 +820,13 @@ class ApnsProvider:
     async def _attempt(
         self, request: PushRequest, message: ApnsMessage, timeout: float
     ) -> PushResult:
-        notification = _Notification(
-            body=message.body,
-            device_token=request.token,
-            message=message.payload,
-            time_to_live=message.time_to_live,
-            priority=message.priority,
-            collapse_key=message.collapse_id,
-            push_type=PushType(message.push_type.value),
-            apns_topic=message.topic,
-        )
+        notification = _Notification(message, request.token, self._apns_ids.next(), timeout)
         client = self._client(request.environment, message.topic)
         generation = self._token.current_generation() if self._token else 0
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the send in one more Task.
-            async with asyncio.timeout(timeout):
-                answer = await client.send_notification(notification)
-        except TimeoutError:
-            return self._no_answer(request, message, f"no answer within {timeout:.1f} s")
+            # The wait for the answer is bounded by the protocol's per-stream timer, the
+            # wait for a connection by _watch_connects; a free stream slot is the rule.
+            answer = await client.send_notification(notification)
         except MaxAttemptsExceeded:
             return self._no_answer(request, message, self._connection_trouble())
         except ApnsNoAnswer as exc:
@@ -895,7 +945,8 @@ class ApnsProvider:
 
         async def create_connection() -> APNsBaseClientProtocol:
             try:
-                connection = await create()
+                async with asyncio.timeout(self.settings.timeout):
+                    connection = await create()
             except Exception as exc:
                 self._last_connect_error = f"{type(exc).__name__}: {exc}"
                 raise
