@@ -66,6 +66,8 @@ class Pair:
         self.ended: list[int] = []
         self.resets: list[int] = []
         self.client_bytes: list[bytes] = []
+        self.auto_ack = True
+        """Give received DATA back as window at once (a server that does not: False)."""
         self.events: list[apns_h2.Event] = []
         self.to_server()
         self.to_client()
@@ -81,9 +83,10 @@ class Pair:
             elif isinstance(event, DataReceived):
                 assert event.stream_id is not None and event.data is not None
                 self.bodies[event.stream_id] = self.bodies.get(event.stream_id, b"") + event.data
-                self.server.acknowledge_received_data(
-                    event.flow_controlled_length or 0, event.stream_id
-                )
+                if self.auto_ack:
+                    self.server.acknowledge_received_data(
+                        event.flow_controlled_length or 0, event.stream_id
+                    )
             elif isinstance(event, StreamEnded):
                 assert event.stream_id is not None
                 self.ended.append(event.stream_id)
@@ -187,6 +190,23 @@ def test_bodies_wait_for_send_window_and_go_when_it_opens() -> None:
 
     assert pair.bodies == {first: b"x" * 25, second: b"y" * 5}
     assert pair.ended == [first, second]
+
+
+def test_bodies_wait_for_connection_window_in_order() -> None:
+    """The connection window (65,535 bytes until the server widens it) is shared by all
+    streams: bodies beyond it wait, in order, until the server hands window back."""
+    pair = Pair()
+    pair.auto_ack = False
+    body = b"p" * 5_000
+    ids = [pair.request(n, body=body) for n in range(20)]  # 100,000 bytes
+
+    assert len(pair.bodies) == 13  # 13 x 5,000 fit in 65,535
+    pair.server.acknowledge_received_data(65_000, ids[0])
+    pair.to_client()
+    pair.to_server()
+
+    assert sorted(pair.bodies) == ids
+    assert pair.ended == ids
 
 
 def test_reset_stream_tells_the_server_and_drops_a_late_answer() -> None:
