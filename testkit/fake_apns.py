@@ -160,6 +160,8 @@ class CannedAnswer:
     """Seconds to wait before answering (to provoke client timeouts)."""
     times: int | None = None
     """How many answers are left; None = forever."""
+    body: bytes | None = None
+    """Send this body instead of APNs' JSON (b"": none at all), as a proxy might."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class _Verdict:
     reason: str | None = None
     retry_after: float | None = None
     delay: float = 0.0
+    body: bytes | None = None
 
 
 _OK = _Verdict(200)
@@ -331,6 +334,7 @@ class FakeApns:
         times: int | None = None,
         retry_after: float | None = None,
         delay: float = 0.0,
+        body: bytes | None = None,
     ) -> None:
         """Queue a canned answer for ``token``: ``times`` answers (None = forever).
 
@@ -340,7 +344,12 @@ class FakeApns:
         if times is not None and times < 1:
             raise ValueError("times must be None (forever) or at least 1")
         answer = CannedAnswer(
-            status=status, reason=reason, retry_after=retry_after, delay=delay, times=times
+            status=status,
+            reason=reason,
+            retry_after=retry_after,
+            delay=delay,
+            times=times,
+            body=body,
         )
         with self._lock:
             self._scripts.setdefault(token.lower(), deque()).append(answer)
@@ -458,7 +467,9 @@ class FakeApns:
                     answer.times -= 1
                     if answer.times <= 0:
                         queue.popleft()
-                return _Verdict(answer.status, answer.reason, answer.retry_after, answer.delay)
+                return _Verdict(
+                    answer.status, answer.reason, answer.retry_after, answer.delay, answer.body
+                )
         sticky = self._control.answer(key) if self._control else None
         return sticky
 
@@ -601,6 +612,11 @@ class _ServerConnection(asyncio.Protocol):
 
     def _respond(self, stream_id: int, verdict: _Verdict, record: PushRecord) -> None:
         headers = [(":status", str(verdict.status)), ("apns-id", record.apns_id)]
+        if verdict.body is not None:  # not APNs' own answer: a proxy's, say
+            self._h2.send_headers(stream_id, headers, end_stream=not verdict.body)
+            if verdict.body:
+                self._h2.send_data(stream_id, verdict.body, end_stream=True)
+            return
         if verdict.status == 200:
             # No DATA frame: aioapns would json.loads(b"") and drop the connection.
             self._h2.send_headers(stream_id, headers, end_stream=True)
@@ -748,8 +764,9 @@ class FakeApnsThread:
         times: int | None = None,
         retry_after: float | None = None,
         delay: float = 0.0,
+        body: bytes | None = None,
     ) -> None:
-        self.fake.script(token, status, reason, times, retry_after, delay)
+        self.fake.script(token, status, reason, times, retry_after, delay, body)
 
 
 def client_settings(pki: TestPki, port: int, **overrides: Any) -> ApnsSettings:

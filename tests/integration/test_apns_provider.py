@@ -409,6 +409,36 @@ def test_a_connection_keeps_answering_after_64_kib_of_error_bodies(
     assert apns.connections_opened == 1
 
 
+@pytest.mark.parametrize(
+    "body", [b"", b"<html>502 Bad Gateway</html>"], ids=["no-body", "html-body"]
+)
+def test_an_error_answer_that_is_not_apns_json_is_still_an_answer(
+    pki: TestPki, apns: FakeApnsThread, body: bytes
+) -> None:
+    """A proxy in front of APNs may answer 502 with HTML, or nothing: the push gets its
+    verdict at once (aioapns waited for the timeout, or broke the connection)."""
+    tok = token(30)
+    apns.script(tok, 502, times=1, body=body)
+    settings = token_settings(pki, apns.port, timeout=3.0)
+
+    async def run() -> tuple[PushResult, float, PushResult]:
+        provider = ApnsProvider(settings)
+        try:
+            started = time.monotonic()
+            first = await provider.send(push(tok))
+            elapsed = time.monotonic() - started
+            return first, elapsed, await provider.send(push(tok))
+        finally:
+            await provider.close()
+
+    first, elapsed, after = asyncio.run(run())
+
+    assert (first.verdict, first.status) == (Verdict.RETRY, 502)
+    assert elapsed < 1.0
+    assert after.verdict is Verdict.DELIVERED
+    assert apns.connections_opened == 1
+
+
 def test_config_error_is_one_error_line_with_the_classifier_hint(
     pki: TestPki, apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
 ) -> None:
