@@ -128,7 +128,13 @@ class ApnsSettings:
     max_connections: int = 10
     """HTTP/2 connections per environment."""
     timeout: float = 10.0
-    """Seconds to wait for an answer (capped by the push deadline)."""
+    """Seconds to wait for an answer (capped by the push deadline), and for a PING's."""
+    idle_timeout: float = 3600.0
+    """Close a connection that has carried no push for this long. Apple asks for
+    connections kept open across pushes, not one per push."""
+    keepalive: float = 60.0
+    """PING a connection after this many seconds without a byte from APNs (0 = never), so
+    a connection that died silently (NAT, firewall) is replaced before a call needs it."""
 
     def __post_init__(self) -> None:
         if self.auth == "token":
@@ -154,6 +160,10 @@ class ApnsSettings:
             raise ValueError("apns max_connections must be at least 1")
         if self.timeout <= 0:
             raise ValueError("apns timeout must be positive")
+        if self.idle_timeout <= 0:
+            raise ValueError("apns idle_timeout must be positive")
+        if self.keepalive < 0:
+            raise ValueError("apns keepalive must be 0 (off) or positive")
 
 
 # -- what to send (pure) --
@@ -519,6 +529,8 @@ class _ApnsProtocol(APNsTLSClientProtocol):
     """
 
     provider_token: ClassVar[ProviderToken | None] = None
+    KEEPALIVE: ClassVar[float] = 60.0
+    PING_TIMEOUT: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -539,7 +551,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         self._going_away = False
         self._flush_scheduled = False
         self._unflushed = 0
-        self._last_active = self.loop.time()
+        self._last_request = self._last_heard = self.loop.time()
+        self._ping_sent: float | None = None
+        """When our unanswered PING went out; None when none is outstanding."""
 
     @property
     def is_busy(self) -> bool:
@@ -549,7 +563,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         self.transport = cast("asyncio.Transport", transport)
         self.wire.preface()
         self._write()
-        self._arm_idle_timer(self.INACTIVITY_TIME)
+        self._arm_timer(self.loop.time())
 
     async def send_notification(self, request: NotificationRequest) -> ApnsAnswer:
         if not isinstance(request, _Notification):
@@ -558,6 +572,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         try:
             if self._going_away:
                 raise ApnsNoAnswer("connection closing (GOAWAY) before the request went out")
+            self._last_request = self.loop.time()
             stream_id = self.wire.send_request(
                 f"/3/device/{request.device_token}",
                 self._headers(request),
@@ -622,7 +637,12 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         return headers
 
     def data_received(self, data: bytes) -> None:
-        self._last_active = self.loop.time()
+        self._last_heard = self.loop.time()
+        if self._ping_sent is not None:  # any byte proves the connection alive
+            self._ping_sent = None
+            if self.inactivity_timer:
+                self.inactivity_timer.cancel()
+            self._arm_timer(self._last_heard)  # the next PING is due a keepalive from now
         try:
             events = self.wire.receive(data)
         except ProtocolError as exc:
@@ -690,19 +710,39 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         self._unflushed = 0
         out = self.wire.data_to_send()
         if out and self.transport is not None:
-            self._last_active = self.loop.time()
             self.transport.write(out)
 
-    def _arm_idle_timer(self, delay: float) -> None:
-        self.inactivity_timer = self.loop.call_later(delay, self._idle_check)
-
-    def _idle_check(self) -> None:
-        # aioapns re-armed a timer on every write; a check that re-arms itself costs less.
-        idle = self.loop.time() - self._last_active
-        if idle >= self.INACTIVITY_TIME:
+    def _check_idle(self) -> None:
+        """One timer per connection (aioapns re-armed one on every write): a silent peer
+        is PINGed, one that does not answer is dropped, an unused connection closed."""
+        now = self.loop.time()
+        if self._ping_sent is not None and now - self._ping_sent >= self.PING_TIMEOUT:
+            log.warning(
+                "APNs connection to %s: no answer to a PING within %g s; dropping it",
+                self.APNS_SERVER,
+                self.PING_TIMEOUT,
+            )
+            if self.transport is not None:
+                self.transport.abort()  # a TLS goodbye would only wait on the dead peer
+            return
+        if not self.waiting and now - self._last_request >= self.INACTIVITY_TIME:
+            log.debug("APNs connection to %s idle; closing it", self.APNS_SERVER)
             self.close()
-        else:
-            self._arm_idle_timer(self.INACTIVITY_TIME - idle)
+            return
+        if self.KEEPALIVE and self._ping_sent is None and now - self._last_heard >= self.KEEPALIVE:
+            self.wire.ping()
+            self._ping_sent = now
+            self._write()
+        self._arm_timer(now)
+
+    def _arm_timer(self, now: float) -> None:
+        due = [self._last_request + self.INACTIVITY_TIME]
+        if self._ping_sent is not None:
+            due.append(self._ping_sent + self.PING_TIMEOUT)
+        elif self.KEEPALIVE:
+            due.append(self._last_heard + self.KEEPALIVE)
+        delay = max(min(due) - now, 0.05)
+        self.inactivity_timer = self.loop.call_later(delay, self._check_idle)
 
     def close(self) -> None:
         if self.inactivity_timer:
@@ -934,6 +974,9 @@ class ApnsProvider:
             "APNS_SERVER": self.settings.host or APPLE_HOSTS[environment],
             "APNS_PORT": self.settings.port,
             "provider_token": self._token,
+            "INACTIVITY_TIME": self.settings.idle_timeout,
+            "KEEPALIVE": self.settings.keepalive,
+            "PING_TIMEOUT": self.settings.timeout,
         }
         return cast(
             "type[_ApnsProtocol]", type(f"ApnsProtocol_{environment}", (_ApnsProtocol,), attrs)

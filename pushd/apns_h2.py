@@ -420,6 +420,11 @@ class H2Client:
             self._out.append(frame(FrameType.DATA, _END_STREAM, stream_id, body))
         return stream_id
 
+    def ping(self, payload: bytes = bytes(8)) -> None:
+        """A PING (8 bytes of payload): the server must answer it, so silence means the
+        connection is dead even when TCP has not noticed yet."""
+        self._out.append(frame(FrameType.PING, 0, 0, payload[:8].ljust(8, b"\0")))
+
     def reset_stream(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
         """Abandon a request: RST_STREAM, and forget it (a late answer is ignored)."""
         if self._streams.pop(stream_id, None) is None:

@@ -113,6 +113,8 @@ class ApnsConfig:
     ca_file: Path | None = None
     max_connections: int = 10
     timeout: float = 10.0
+    idle_timeout: float = 3600.0
+    keepalive: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -452,6 +454,8 @@ class _Parser:
         ca_file = self.path(s, "ca_file")
         max_connections = s.integer("max_connections", 10, low=1, high=100)
         timeout = s.number("timeout", 10.0, low=0.0, high=300.0, low_open=True)
+        idle_timeout = s.number("idle_timeout", 3600.0, low=1.0, high=86400.0)
+        keepalive = s.number("keepalive", 60.0, low=0.0, high=3600.0)
         s.finish()
         if self.check_files:
             if key_file is not None:
@@ -472,6 +476,8 @@ class _Parser:
             ca_file=ca_file,
             max_connections=max_connections,
             timeout=timeout,
+            idle_timeout=idle_timeout,
+            keepalive=keepalive,
         )
 
     def fcm(self, s: _Section) -> FcmConfig:

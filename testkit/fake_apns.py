@@ -59,6 +59,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     Event,
+    PingReceived,
     RequestReceived,
     SettingsAcknowledged,
     StreamEnded,
@@ -270,6 +271,7 @@ class FakeApns:
         self._connections_opened = 0
         self._stream_limit_violations = 0
         self._streams_reset = 0
+        self._pings = 0
         self.port = 0
 
     # -- lifecycle (call from the server's loop) --
@@ -322,6 +324,12 @@ class FakeApns:
         """Streams the client reset (RST_STREAM) before their answer."""
         with self._lock:
             return self._streams_reset
+
+    @property
+    def pings_received(self) -> int:
+        """HTTP/2 PINGs from clients (answered by h2 itself)."""
+        with self._lock:
+            return self._pings
 
     def pushes_for(self, token: str) -> list[PushRecord]:
         return [p for p in self.pushes if p.token.lower() == token.lower()]
@@ -488,6 +496,10 @@ class FakeApns:
         with self._lock:
             self._streams_reset += 1
 
+    def _count_ping(self) -> None:
+        with self._lock:
+            self._pings += 1
+
     def _forget(self, connection: _ServerConnection) -> None:
         self._connections.discard(connection)
 
@@ -570,6 +582,8 @@ class _ServerConnection(asyncio.Protocol):
         elif isinstance(event, StreamReset):
             self._streams.pop(event.stream_id, None)
             self.server._count_reset()
+        elif isinstance(event, PingReceived):
+            self.server._count_ping()
         elif isinstance(event, SettingsAcknowledged):
             if self._pending_limits:
                 self._limit = self._pending_limits.popleft()
@@ -749,6 +763,10 @@ class FakeApnsThread:
     @property
     def streams_reset(self) -> int:
         return self.fake.streams_reset
+
+    @property
+    def pings_received(self) -> int:
+        return self.fake.pings_received
 
     def pushes_for(self, token: str) -> list[PushRecord]:
         return self.fake.pushes_for(token)

@@ -7,6 +7,7 @@ Every test uses its own device token, so the fake's records are easy to tell apa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -437,6 +438,99 @@ def test_an_error_answer_that_is_not_apns_json_is_still_an_answer(
     assert elapsed < 1.0
     assert after.verdict is Verdict.DELIVERED
     assert apns.connections_opened == 1
+
+
+def test_an_idle_connection_is_kept_open_with_pings(pki: TestPki, apns: FakeApnsThread) -> None:
+    """Apple asks for connections kept open across pushes: the second push, 0.7 s later,
+    rides the first one's connection, kept alive by PINGs every 0.2 s of silence."""
+    tok = token(31)
+    results = send(token_settings(pki, apns.port, keepalive=0.2), push(tok), push(tok), pause=0.7)
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 2
+    assert apns.connections_opened == 1
+    assert apns.pings_received >= 2
+
+
+def test_a_connection_unused_for_idle_timeout_is_closed(pki: TestPki, apns: FakeApnsThread) -> None:
+    tok = token(32)
+    settings = token_settings(pki, apns.port, idle_timeout=0.3, keepalive=0)
+    results = send(settings, push(tok), push(tok), pause=0.8)
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 2
+    assert apns.connections_opened == 2  # the fake closes nothing by itself
+    assert apns.pings_received == 0
+
+
+class FreezingRelay:
+    """TCP relay in front of the fake that can go silent without closing anything, like
+    a connection a NAT or firewall forgot: bytes are dropped both ways while frozen."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.client_closed = asyncio.Event()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, from_client: bool
+        ) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    if not self.frozen:
+                        dst.write(data)
+            if from_client:
+                self.client_closed.set()
+            dst.close()
+
+        await asyncio.gather(
+            pipe(reader, up_writer, True), pipe(up_reader, writer, False), return_exceptions=True
+        )
+
+
+def test_a_connection_that_died_silently_is_dropped_before_a_call_needs_it(
+    pki: TestPki, apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without the PING, the next push would go into the dead connection and wait the
+    whole timeout for nothing."""
+    tok = token(33)
+
+    async def run() -> tuple[PushResult, bool, PushResult]:
+        relay = FreezingRelay(apns.port)
+        port = await relay.start()
+        provider = ApnsProvider(token_settings(pki, port, keepalive=0.2, timeout=0.5))
+        try:
+            first = await provider.send(push(tok))
+            relay.frozen = True
+            try:
+                await asyncio.wait_for(relay.client_closed.wait(), 2.0)  # 0.2 s + 0.5 s
+                dropped = True
+            except TimeoutError:
+                dropped = False
+            relay.frozen = False
+            return first, dropped, await provider.send(push(tok))
+        finally:
+            await provider.close()
+            await relay.stop()
+
+    with caplog.at_level(logging.WARNING, logger="pushd.apns"):
+        first, dropped, after = asyncio.run(run())
+
+    assert first.verdict is Verdict.DELIVERED
+    assert dropped
+    assert "no answer to a PING within 0.5 s; dropping it" in caplog.text
+    assert after.verdict is Verdict.DELIVERED
+    assert apns.connections_opened == 2
 
 
 def test_config_error_is_one_error_line_with_the_classifier_hint(

@@ -12,7 +12,7 @@ import pytest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded, StreamReset
 from h2.settings import SettingCodes
 from hpack import Encoder
 
@@ -288,6 +288,16 @@ def test_ping_is_answered() -> None:
 
     wire = pair.client.data_to_send()
     assert wire == frame(FrameType.PING, 0x1, 0, b"12345678")
+
+
+def test_our_ping_is_answered_and_the_answer_taken_quietly() -> None:
+    pair = Pair()
+    pair.client.ping(b"keepaliv")
+    wire = pair.client.data_to_send()
+    pings = [e for e in pair.server.receive_data(wire) if isinstance(e, PingReceived)]
+
+    assert [p.ping_data for p in pings] == [b"keepaliv"]
+    assert pair.to_client() == []  # the ACK: no event, no error
 
 
 def test_goaway_says_which_streams_were_not_handled() -> None:

@@ -74,7 +74,8 @@ def test_example_file_documents_every_key() -> None:
         "kamailio": ["evapi", "secret", "secret_file", "reconnect_max_delay"],
         "apns": [
             "auth", "key_file", "key_id", "team_id", "cert_file", "environment",
-            "host", "port", "ca_file", "max_connections", "timeout",
+            "host", "port", "ca_file", "max_connections", "timeout", "idle_timeout",
+            "keepalive",
         ],
         "fcm": ["service_account_file", "token_uri", "base_url", "timeout", "max_workers"],
         "retry": ["initial_delay", "max_delay", "multiplier", "jitter"],
@@ -98,6 +99,7 @@ def test_minimal_config_gets_defaults(creds: Path) -> None:
     assert cfg.apns.default_environment == Environment.PRODUCTION
     assert cfg.apns.key_file == creds / "AuthKey.p8"
     assert (cfg.apns.port, cfg.apns.max_connections, cfg.apns.timeout) == (443, 10, 10.0)
+    assert (cfg.apns.idle_timeout, cfg.apns.keepalive) == (3600.0, 60.0)
     assert cfg.fcm is None
     r = cfg.retry
     assert (r.initial_delay, r.max_delay, r.multiplier, r.jitter) == (0.25, 5.0, 2.0, 0.2)
@@ -205,6 +207,8 @@ STRUCTURE_ERRORS = [
     (MINIMAL + "  port: 0\n", "apns.port", "[1, 65535]"),
     (MINIMAL + "  timeout: 0\n", "apns.timeout", "(0, 300]"),
     (MINIMAL + "  max_connections: 1.5\n", "apns.max_connections", "integer"),
+    (MINIMAL + "  idle_timeout: 0.5\n", "apns.idle_timeout", "[1, 86400]"),
+    (MINIMAL + "  keepalive: -1\n", "apns.keepalive", "[0, 3600]"),
     (MINIMAL + "  host: ''\n", "apns.host", "non-empty string"),
     ("kamailio: {secret: x}\nfcm: {timeout: 3}", "fcm.service_account_file", "required"),
     (
