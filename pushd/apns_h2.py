@@ -392,6 +392,8 @@ class H2Client:
         ``authorization`` value is indexed in the HPACK table (it repeats on every request).
         Raises :class:`StreamIdsExhausted` when the connection has no stream id left.
         """
+        if len(body) > DEFAULT_MAX_FRAME:  # one DATA frame; APNs' own limit is 5 KiB
+            raise ValueError(f"request body of {len(body)} bytes; at most {DEFAULT_MAX_FRAME}")
         stream_id = self._next_stream_id
         if stream_id > MAX_STREAM_ID:
             raise StreamIdsExhausted

@@ -209,6 +209,16 @@ def test_bodies_wait_for_connection_window_in_order() -> None:
     assert pair.ended == ids
 
 
+def test_a_body_over_one_frame_is_refused_before_anything_is_sent() -> None:
+    client = H2Client(AUTHORITY)
+    client.preface()
+    client.data_to_send()
+
+    with pytest.raises(ValueError, match="16384"):
+        client.send_request(_path(0), _headers(0), JWT, b"x" * 16_385)
+    assert client.data_to_send() == b"" and client.open_streams == 0
+
+
 def test_reset_stream_tells_the_server_and_drops_a_late_answer() -> None:
     pair = Pair()
     stream_id = pair.request(0)
