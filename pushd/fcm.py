@@ -44,6 +44,7 @@ from pushd.retry import parse_retry_after
 log = logging.getLogger(__name__)
 
 SCOPE_FCM = "https://www.googleapis.com/auth/firebase.messaging"
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 MAX_TTL_SECONDS = 2_419_200  # FCM's ceiling (4 weeks)
 MIN_TIMEOUT = 1.0
 """Floor for the HTTP timeout: a push whose deadline is (nearly) past still goes out with
@@ -131,6 +132,7 @@ class FcmProvider:
         self._session.mount("http://", adapter)
         _read_environment_once(self._session, settings.base_url)
         self._refresh_lock = threading.Lock()
+        self._templates: dict[str, requests.PreparedRequest] = {}
         self._executor = ThreadPoolExecutor(settings.max_workers, thread_name_prefix="pushd-fcm")
         self._closed = False
 
@@ -159,14 +161,14 @@ class FcmProvider:
         now = time.time()
         timeout = max(MIN_TIMEOUT, min(self._settings.timeout, request.deadline - now))
         url = send_url(self._settings.base_url, request.topic)
-        body = build_message(request, now)
+        body = _JSON.encode(build_message(request, now)).encode()
         try:
             self._ensure_token(timeout)
-            response = self._session.post(url, json=body, timeout=timeout)
+            response = self._post(url, body, timeout)
             if _is_stale_token(response):
                 # Revoked or expired early: refresh once and replay (google-auth's rule).
                 self._refresh_after_401(_sent_bearer(response), timeout)
-                response = self._session.post(url, json=body, timeout=timeout)
+                response = self._post(url, body, timeout)
         except google.auth.exceptions.RefreshError as exc:
             return self._token_refused(exc)
         except (requests.RequestException, google.auth.exceptions.TransportError) as exc:
@@ -175,6 +177,23 @@ class FcmProvider:
         except TimeoutError:
             return PushResult(verdict=Verdict.RETRY, reason="token refresh busy")
         return self._result(request, response)
+
+    def _post(self, url: str, body: bytes, timeout: float) -> requests.Response:
+        """What ``AuthorizedSession.post`` does (google-auth's ``before_request`` puts the
+        bearer token in, then requests sends), minus re-merging the session's settings
+        into every request: the request is prepared once per URL and copied. That merging
+        was ~20 % of a worker's CPU per push."""
+        template = self._templates.get(url)
+        if template is None:
+            template = self._session.prepare_request(
+                requests.Request("POST", url, headers={"Content-Type": "application/json"})
+            )
+            self._templates[url] = template  # a race only builds an equal one twice
+        prepared = template.copy()
+        prepared.prepare_body(body, None)
+        self._credentials.before_request(self._auth_request, "POST", url, prepared.headers)
+        # send() applies the session's proxies, verify and cert as Session.request would.
+        return self._session.send(prepared, timeout=timeout)
 
     def _ensure_token(self, timeout: float) -> None:
         """Fetch an access token if needed, one thread at a time."""
