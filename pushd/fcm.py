@@ -9,10 +9,14 @@ Threads share one Credentials and one requests Session. The Session's urllib3 po
 thread-safe; the credentials' refresh is not coordinated by google-auth, so we do it
 under a lock: without it N cold workers fetch N access tokens at once.
 
-We turn off AuthorizedSession's own 401 handling (``refresh_status_codes=()``): FCM uses
-401 both for a stale access token (plain UNAUTHENTICATED, worth one refresh) and for
-THIRD_PARTY_AUTH_ERROR (bad APNs credentials in Firebase, where refreshing twice per push
-would only hammer the token endpoint).
+Each send does what ``AuthorizedSession.request`` does, in two documented steps:
+google-auth's ``credentials.before_request`` adds the bearer token to a request prepared
+once per URL, and the session's ``send`` sends it (see :meth:`FcmProvider._post`).
+AuthorizedSession's own 401 handling is therefore not in the path (and is off,
+``refresh_status_codes=()``): FCM uses 401 both for a stale access token (plain
+UNAUTHENTICATED, worth one refresh, done here) and for THIRD_PARTY_AUTH_ERROR (bad APNs
+credentials in Firebase, where refreshing twice per push would only hammer the token
+endpoint).
 """
 
 from __future__ import annotations
