@@ -920,6 +920,8 @@ class ApnsProvider:
         ERROR with ``result.hint``, and every push's outcome at WARNING.
         """
         level = _LOG_LEVELS.get(result.verdict, logging.INFO)
+        if not log.isEnabledFor(level):  # the common case: delivered, at DEBUG
+            return result
         log.log(
             level,
             "APNs %s %s token=%s topic=%s env=%s: %s status=%s reason=%s%s",

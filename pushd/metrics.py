@@ -30,8 +30,13 @@ class Counter:
     label_names: tuple[str, ...] = ()
     values: dict[Labels, float] = field(default_factory=dict)
 
+    _keys: dict[tuple[str, ...], Labels] = field(default_factory=dict, repr=False)
+    """Label values -> their Labels key: a busy pushd counts the same few, 3 per push."""
+
     def inc(self, *label_values: str, amount: float = 1.0) -> None:
-        key = _labels(self.label_names, label_values)
+        key = self._keys.get(label_values)
+        if key is None:
+            key = self._keys[label_values] = _labels(self.label_names, label_values)
         self.values[key] = self.values.get(key, 0.0) + amount
 
     def get(self, *label_values: str) -> float:

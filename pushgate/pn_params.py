@@ -18,6 +18,8 @@ _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-\.]{8,4096}$")
 _BUNDLE = re.compile(r"^[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _TEAM = re.compile(r"^[A-Z0-9]{10}$")
 _FCM_PROJECT = re.compile(r"^[a-z][a-z0-9\-]{4,61}[a-z0-9]$")
+_SERVICE_SUFFIX = re.compile(r":(remote|voip)\Z")
+"""A Linphone-style ``<token>:voip`` / ``<token>:remote`` item of pn-prid."""
 
 
 class PnError(ValueError):
@@ -92,7 +94,7 @@ def uri_params(uri: str) -> dict[str, str]:
 
 def select_token(prid: str, service: str) -> str:
     """The token for ``service`` out of ``<tok>:remote&<tok>:voip``; plain prids pass as is."""
-    if "&" not in prid and not re.search(r":(remote|voip)\Z", prid):
+    if "&" not in prid and not _SERVICE_SUFFIX.search(prid):
         return prid
     tokens: dict[str, str] = {}
     for item in prid.split("&"):
@@ -158,7 +160,7 @@ def normalise_provider(raw: str) -> tuple[str, bool]:
 
 def _check_apns(prid: str, param: str) -> None:
     for item in prid.split("&"):
-        tok = item.rsplit(":", 1)[0] if re.search(r":(remote|voip)\Z", item) else item
+        tok = item.rsplit(":", 1)[0] if _SERVICE_SUFFIX.search(item) else item
         if not _APNS_TOKEN.fullmatch(tok):
             raise PnError("pn-prid", "APNs device token must be hexadecimal")
     if not param:
