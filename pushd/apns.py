@@ -529,6 +529,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
     """
 
     provider_token: ClassVar[ProviderToken | None] = None
+    AUTHORITY: ClassVar[str] = APPLE_HOSTS[Environment.PRODUCTION]
+    """Apple's host for this environment, named in every request (``:authority``) even
+    when ``APNS_SERVER`` is an override, as curl's ``--connect-to`` would."""
     KEEPALIVE: ClassVar[float] = 60.0
     PING_TIMEOUT: ClassVar[float] = 10.0
 
@@ -544,7 +547,7 @@ class _ApnsProtocol(APNsTLSClientProtocol):
         super().__init__(
             apns_topic, loop, on_connection_lost, shared if shared is not None else auth_provider
         )
-        self.wire = H2Client(self.APNS_SERVER)
+        self.wire = H2Client(self.AUTHORITY)
         self.free_channels = _StreamSlots(1000)  # the server's SETTINGS set the real bound
         self.waiting: dict[int, _Waiting] = {}
         """Requests in flight, by stream id."""
@@ -974,6 +977,7 @@ class ApnsProvider:
     def _protocol_class(self, environment: Environment) -> type[_ApnsProtocol]:
         attrs = {
             "APNS_SERVER": self.settings.host or APPLE_HOSTS[environment],
+            "AUTHORITY": APPLE_HOSTS[environment],
             "APNS_PORT": self.settings.port,
             "provider_token": self._token,
             "INACTIVITY_TIME": self.settings.idle_timeout,

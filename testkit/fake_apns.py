@@ -117,6 +117,13 @@ _SINGLE_HEADERS = frozenset(
 AuthMode = Literal["token", "certificate"]
 
 
+APPLE_ENVIRONMENTS = {
+    "api.push.apple.com": "production",
+    "api.sandbox.push.apple.com": "sandbox",
+    "api.development.push.apple.com": "sandbox",  # Apple's older name for the sandbox
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class PushRecord:
     """One request the fake answered, accepted or not."""
@@ -144,6 +151,16 @@ class PushRecord:
     """1-based number of the TLS connection that carried it."""
     time: float
     """``time.monotonic()`` when the request was complete (before any scripted delay)."""
+    authority: str | None = None
+    """``:authority`` (or ``host``) as sent: which of Apple's hosts the request was for."""
+
+    @property
+    def environment(self) -> str | None:
+        """``production`` or ``sandbox`` from :attr:`authority`; None for any other host.
+
+        One fake serves both environments (pushd's ``apns.host`` override), but each
+        request still names the Apple host it is meant for."""
+        return APPLE_ENVIRONMENTS.get(self.authority or "")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -414,6 +431,7 @@ class FakeApns:
             auth=auth,
             connection=conn.number,
             time=time.monotonic(),
+            authority=h.get(":authority") or h.get("host"),
         )
         self._record(record)
         return verdict, record

@@ -12,9 +12,9 @@ Two ways of configuring the push params, as Linphone users do:
   adds its own params (pn-silent, pn-timeout, pn-msg-str, ...) and here carries a
   multi-token pn-prid (``<voip>:voip&<remote>:remote``) and ``pn-provider=apns.dev``.
 
-The fake APNs serves both APNs environments on one host (pushd's ``apns.host`` override),
-so it cannot tell sandbox from production: the environment pushd chose is read from
-pushd's own per-push log line (debug level).
+The fake APNs serves both APNs environments on one host (pushd's ``apns.host`` override);
+each request still names the Apple host it is for (``:authority``), which tells the fake
+the environment pushd chose. pushd's per-push log line (debug level) must say the same.
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ def assert_one_voip_push(stack: Stack, user: str, token: str, environment: str) 
         200,
     )
     assert push.payload is not None and push.payload.get("aor") == f"sip:{user}@{DOMAIN}"
+    assert push.environment == environment, push.authority
     wait_until(
         lambda: f"topic={BUNDLE}.voip env={environment}: delivered" in stack.pushd_log.read_text(),
         5,

@@ -196,6 +196,23 @@ def test_one_jwt_across_idle_reconnects_and_environments(pki: TestPki) -> None:
         assert len(apns.distinct_jwts) == 1
 
 
+def test_each_request_names_apples_host_for_its_environment(
+    pki: TestPki, apns: FakeApnsThread
+) -> None:
+    """One stand-in serves both environments (``host`` override), but ``:authority``
+    still says which of Apple's hosts each push is for."""
+    tok = token(34)
+    requests = [push(tok), push(tok, environment=Environment.SANDBOX)]
+    results = send(token_settings(pki, apns.port), *requests)
+
+    assert [r.verdict for r in results] == [Verdict.DELIVERED] * 2
+    assert [p.authority for p in apns.pushes] == [
+        "api.push.apple.com",
+        "api.sandbox.push.apple.com",
+    ]
+    assert [p.environment for p in apns.pushes] == ["production", "sandbox"]
+
+
 def test_expired_provider_token_is_reminted_once(pki: TestPki, apns: FakeApnsThread) -> None:
     tok = token(8)
     apns.script(tok, 403, "ExpiredProviderToken", times=1)
