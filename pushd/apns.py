@@ -18,6 +18,10 @@ decides what to send and fixes what aioapns gets wrong for a long-running daemon
   budget. It also keeps Retry-After, gives received data back as flow-control window,
   resets the streams of abandoned requests, and fails only the requests a GOAWAY or
   RST_STREAM concerns, all of which aioapns' own protocol class got wrong.
+* **Warm connections.** Apple asks for connections kept open across pushes; aioapns
+  closed them after 10 s idle. They stay open for ``idle_timeout`` (1 h) and are PINGed
+  after ``keepalive`` (60 s) of silence, so one that died quietly is replaced before a
+  call's push finds it dead.
 * **Stream slots.** aioapns 4.0 loses the slots of a ``MAX_CONCURRENT_STREAMS`` raise that
   arrives while a request is in flight (APNs: 1 until a valid JWT, then 1000), leaving
   each connection 1-2 usable streams for good; :class:`_StreamSlots` counts them right.
