@@ -206,6 +206,8 @@ def decode_int(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
 
 def _raw_str(data: bytes, pos: int) -> tuple[bool, bytes, int]:
     """A string literal as sent: (Huffman-coded?, its octets, position after it)."""
+    if pos >= len(data):
+        raise ProtocolError(ErrorCode.COMPRESSION_ERROR, "HPACK string missing")
     huffman = bool(data[pos] & 0x80)
     length, pos = decode_int(data, pos, 7)
     end = pos + length
@@ -284,7 +286,7 @@ _AUTHORIZATION_NAME = _STATIC_INDEX[(b"authorization", b"")]
 # -- frames --
 
 
-def frame(kind: FrameType, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return (
         len(payload).to_bytes(3, "big")
         + bytes((kind, flags))

@@ -7,6 +7,7 @@ decode from its bytes, is what a real server would see and send.
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from h2.config import H2Configuration
@@ -431,3 +432,31 @@ def test_huffman_coded_names_and_values_are_read() -> None:
     )
 
     assert decode_wanted(block) == {b":status": b"429", b"retry-after": b"120"}
+
+
+# -- robustness --
+
+
+def test_garbage_from_the_server_raises_only_protocol_errors() -> None:
+    """Whatever arrives, the client either makes sense of it or raises ProtocolError
+    (which closes the connection with GOAWAY); never anything else."""
+    rng = random.Random(8599)
+    kinds = [*range(10), 0x42]  # every frame type, and one we do not know
+    outcomes = {"events": 0, "protocol_error": 0}
+    for _ in range(3000):
+        client = _client()
+        frames = b""
+        for _ in range(rng.randint(1, 4)):
+            payload = rng.randbytes(rng.choice([0, 1, 4, 5, 6, 8, 12, 40]))
+            if rng.random() < 0.3:  # a plausible header block: :status then junk
+                payload = b"\x88" + payload
+            kind = rng.choice(kinds)
+            stream = rng.choice([0, 1, 3])
+            frames += frame(kind, rng.randrange(256), stream, payload)
+        try:
+            client.receive(frames)
+            outcomes["events"] += 1
+        except ProtocolError:
+            outcomes["protocol_error"] += 1
+
+    assert outcomes["events"] > 100 and outcomes["protocol_error"] > 100
