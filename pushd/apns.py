@@ -619,12 +619,19 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     def _abandon(self, stream_id: int) -> _Waiting | None:
         """Give up on a request: tell the server (RST_STREAM) and free its slot now."""
+        waiting = self._take(stream_id)
+        if waiting is not None:
+            self.wire.reset_stream(stream_id)
+            self._write()
+        return waiting
+
+    def _take(self, stream_id: int) -> _Waiting | None:
+        """The request on ``stream_id`` is over (answered, failed or abandoned): forget it,
+        stop its timer and free its stream slot. None if it was already over."""
         waiting = self.waiting.pop(stream_id, None)
         if waiting is not None:
             waiting.timer.cancel()
-            self.wire.reset_stream(stream_id)
             self.free_channels.release()
-            self._write()
         return waiting
 
     def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
@@ -675,11 +682,9 @@ class _ApnsProtocol(APNsTLSClientProtocol):
             self.close()
 
     def _answered(self, answer: Answer) -> None:
-        waiting = self.waiting.pop(answer.stream_id, None)
+        waiting = self._take(answer.stream_id)
         if waiting is None:
             return
-        waiting.timer.cancel()
-        self.free_channels.release()
         reason, timestamp = _error_body(answer) if answer.status != 200 else (None, None)
         if not waiting.future.done():
             waiting.future.set_result(
@@ -703,10 +708,8 @@ class _ApnsProtocol(APNsTLSClientProtocol):
 
     def _fail_streams(self, which: Callable[[int], bool], why: str) -> None:
         for stream_id in [s for s in self.waiting if which(s)]:
-            waiting = self.waiting.pop(stream_id)
-            waiting.timer.cancel()
-            self.free_channels.release()
-            if not waiting.future.done():
+            waiting = self._take(stream_id)
+            if waiting is not None and not waiting.future.done():
                 waiting.future.set_exception(ApnsNoAnswer(why))
 
     def _flush(self) -> None:

@@ -50,8 +50,6 @@ WINDOW_UPDATE_AFTER = 32_768
 """Give received DATA back as window once this much has been consumed."""
 HPACK_TABLE_SIZE = 4_096
 """Our encoder's table size (the protocol default) while the server allows it."""
-MAX_BODY = DEFAULT_WINDOW
-"""A stream's body may not outgrow its window (we never widen a stream's window)."""
 
 
 class FrameType(enum.IntEnum):
@@ -377,9 +375,6 @@ class H2Client:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
-
-    def stream_ids(self) -> list[int]:
-        return list(self._streams)
 
     def send_request(
         self,
