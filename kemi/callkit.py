@@ -19,6 +19,8 @@ from pushgate import sipmsg, wake_token
 # CSeq tm gives a request sent with uac_req_send outside any dialog.
 UAC_CSEQ = 10
 _REPLAY = "replay:"
+# htable: "<aor>|<instance>" -> the call it was pushed for; "replay:<call-id>" -> R-URI.
+CANCELLED = "pushgate_cancelled"
 CANCEL_REASON = 'Reason: SIP;cause=487;text="Call cancelled"'
 
 
@@ -26,7 +28,7 @@ def remember_cancelled(settings: Settings, held: held_calls.Held, callid: str) -
     call = json.dumps({"callid": callid, "caller": str(KSR.pv.get("$fu"))})
     for dest in held_calls.targets(held):
         key = wake_token.binding_key(held.aor, dest["instance"])
-        KSR.htable.sht_setxs("cancelled", key, call, settings.cancel_grace)
+        KSR.htable.sht_setxs(CANCELLED, key, call, settings.cancel_grace)
 
 
 def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
@@ -34,15 +36,15 @@ def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
     for contact in contacts:
         instance = wake_token.contact_instance(contact)
         key = wake_token.binding_key(aor, instance)
-        raw = KSR.htable.sht_get("cancelled", key) if instance else None
+        raw = KSR.htable.sht_get(CANCELLED, key) if instance else None
         if raw is None:
             continue
-        KSR.htable.sht_rm("cancelled", key)
+        KSR.htable.sht_rm(CANCELLED, key)
         call = json.loads(str(raw))
         proto = str(KSR.pv.get("$pr"))
         KSR.pv.sets("$uac_req(method)", "INVITE")
         KSR.pv.sets("$uac_req(ruri)", sipmsg.contact_uri(contact))
-        KSR.pv.sets("$uac_req(turi)", aor)
+        KSR.pv.sets("$uac_req(turi)", str(KSR.pv.get("$tu")))
         KSR.pv.sets("$uac_req(furi)", call["caller"])
         KSR.pv.sets("$uac_req(callid)", call["callid"])
         # Over the flow this REGISTER came on.
@@ -53,7 +55,7 @@ def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
         KSR.pv.sets("$uac_req(hdrs)", "Max-Forwards: 70\r\n")
         # A CANCEL may only follow a provisional reply: cancel when it rings.
         ruri = sipmsg.contact_uri(contact)
-        KSR.htable.sht_setxs("cancelled", _REPLAY + call["callid"], ruri, 32)
+        KSR.htable.sht_setxs(CANCELLED, _REPLAY + call["callid"], ruri, 32)
         if KSR.uac.uac_req_send() > 0:
             log("cancelled_call_replayed", aor=aor, callid=call["callid"])
 
@@ -66,10 +68,10 @@ def cancel_if_replayed(callid: str) -> None:
     Via (top Via of this reply), From, To, Call-ID and CSeq number, as RFC 3261 §9.1
     asks; tm's INVITE transaction then takes the 487 and ACKs it.
     """
-    ruri = KSR.htable.sht_get("cancelled", _REPLAY + callid)
+    ruri = KSR.htable.sht_get(CANCELLED, _REPLAY + callid)
     if ruri is None:
         return
-    KSR.htable.sht_rm("cancelled", _REPLAY + callid)
+    KSR.htable.sht_rm(CANCELLED, _REPLAY + callid)
     to_uri = str(KSR.pv.get("$tu"))
     cancel = (
         f"CANCEL {ruri} SIP/2.0\r\n"

@@ -1,25 +1,40 @@
-"""Held INVITE transactions, kept in Kamailio htables so every process sees them.
+"""INVITE transactions Pushgate pushed for, kept in Kamailio htables so every process sees them.
 
-htable ``hold``      "<aor>|<index>:<label>"  -> hold deadline (epoch s)   resume by AoR
-htable ``holdcid``   "<call-id>"              -> "<aor>|<index>:<label>"   CANCEL by Call-ID
-htable ``pushreq``   "<index>:<label>"        -> pushes still outstanding  fail early
-htable ``holdpush``  "<index>:<label>:<n>"    -> JSON of push target n      cancel/missed notices
+A call is *held* while its transaction is suspended waiting for a device to wake, and
+*remembered* while any of its pushed devices may still need a notice (cancelled, missed,
+answered elsewhere). ``tx`` is the transaction's ``<index>:<label>``; ``aor`` is the AoR
+as usrloc keys it (``alice`` or ``alice@example.com``, after usrloc's ``use_domain``).
+
+htable ``pushgate_hold``     tx        -> aor                    held now (claimed once)
+htable ``pushgate_aor``      aor       -> "tx,tx,..."            held calls of an AoR
+htable ``pushgate_cid``      call-id   -> JSON Held              CANCEL / replies by Call-ID
+htable ``pushgate_pending``  tx        -> pushes outstanding     fail the call early
+htable ``pushgate_targets``  tx        -> JSON list of targets   notices to pushed devices
+
+Every lookup is by key: the cost of a REGISTER or a wake-up does not grow with the
+number of calls held for other users.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import KSR
 
-SEP = "|"
+HOLD = "pushgate_hold"
+BY_AOR = "pushgate_aor"
+BY_CALLID = "pushgate_cid"
+PENDING = "pushgate_pending"
+TARGETS = "pushgate_targets"
 
 
 @dataclass(frozen=True)
 class Held:
     aor: str
+    """usrloc's key of the AoR."""
+    uri: str
+    """The AoR as a SIP URI (push payloads, unregister)."""
     index: int
     label: int
 
@@ -27,84 +42,92 @@ class Held:
     def tx_key(self) -> str:
         return f"{self.index}:{self.label}"
 
-    @property
-    def key(self) -> str:
-        return f"{self.aor}{SEP}{self.tx_key}"
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
-    def parse(cls, key: str) -> Held:
-        aor, _, tx = key.rpartition(SEP)
-        index, label = (int(x) for x in tx.split(":"))
-        return cls(aor=aor, index=index, label=label)
+    def from_json(cls, raw: str) -> Held:
+        return cls(**json.loads(raw))
 
 
 def hold(held: Held, callid: str, timeout: int, targets: list[dict[str, str]]) -> None:
     """A suspended INVITE waiting up to ``timeout`` s for one of ``targets`` to wake up."""
-    KSR.htable.sht_seti("hold", held.key, int(time.time()) + timeout)
-    KSR.htable.sht_seti("pushreq", held.tx_key, len(targets))
+    ttl = timeout + 30  # outlives tm's own timer: tm ends the call, the tables follow
+    KSR.htable.sht_setxs(HOLD, held.tx_key, held.aor, ttl)
+    KSR.htable.sht_setxi(PENDING, held.tx_key, len(targets), ttl)
+    KSR.htable.sht_lock(BY_AOR, held.aor)
+    try:
+        txs = _split(KSR.htable.sht_get(BY_AOR, held.aor))
+        KSR.htable.sht_setxs(BY_AOR, held.aor, ",".join([*txs, held.tx_key]), ttl)
+    finally:
+        KSR.htable.sht_unlock(BY_AOR, held.aor)
     remember(held, callid, targets)
 
 
 def remember(held: Held, callid: str, targets: list[dict[str, str]]) -> None:
     """Pushed devices of a call that is (or will be) ringing: for cancel / answered notices."""
-    KSR.htable.sht_sets("holdcid", callid, held.key)
-    for n, target in enumerate(targets):
-        KSR.htable.sht_sets("holdpush", f"{held.tx_key}:{n}", json.dumps(target))
+    KSR.htable.sht_sets(BY_CALLID, callid, held.to_json())
+    KSR.htable.sht_sets(TARGETS, held.tx_key, json.dumps(targets, separators=(",", ":")))
 
 
-def for_aor(aor: str) -> list[Held]:
-    prefix = aor + SEP
-    found: list[Held] = []
-    if KSR.htable.sht_iterator_start("hi", "hold") < 0:
-        return found
-    try:
-        while KSR.htable.sht_iterator_next("hi") > 0:
-            key = str(KSR.pv.get("$shtitkey(hi)") or "")
-            if key.startswith(prefix):
-                found.append(Held.parse(key))
-    finally:
-        KSR.htable.sht_iterator_end("hi")
-    return found
+def held_for_aor(aor: str) -> list[str]:
+    """Transactions (``index:label``) held for ``aor``."""
+    return _split(KSR.htable.sht_get(BY_AOR, aor))
 
 
 def for_callid(callid: str) -> Held | None:
-    key = KSR.htable.sht_get("holdcid", callid)
-    return Held.parse(str(key)) if key else None
+    raw = KSR.htable.sht_get(BY_CALLID, callid)
+    return Held.from_json(str(raw)) if raw else None
 
 
 def targets(held: Held) -> list[dict[str, str]]:
-    out = []
-    for n in range(64):
-        raw = KSR.htable.sht_get("holdpush", f"{held.tx_key}:{n}")
-        if raw is None:
-            break
-        out.append(json.loads(str(raw)))
-    return out
+    raw = KSR.htable.sht_get(TARGETS, held.tx_key)
+    return list(json.loads(str(raw))) if raw else []
 
 
-def claim(held: Held) -> bool:
+def claim(tx_key: str) -> bool:
     """Take the held transaction out of the tables; False if someone else already did."""
     # The evapi worker (push verdict), SIP workers (wake-up REGISTER, CANCEL) and tm's
     # timer may race for the same call: check and remove under the slot's lock.
-    KSR.htable.sht_lock("hold", held.key)
+    KSR.htable.sht_lock(HOLD, tx_key)
     try:
-        if KSR.htable.sht_get("hold", held.key) is None:
+        aor = KSR.htable.sht_get(HOLD, tx_key)
+        if aor is None:
             return False
-        KSR.htable.sht_rm("hold", held.key)
-        return True
+        KSR.htable.sht_rm(HOLD, tx_key)
     finally:
-        KSR.htable.sht_unlock("hold", held.key)
+        KSR.htable.sht_unlock(HOLD, tx_key)
+    _drop_from_aor(str(aor), tx_key)
+    return True
 
 
 def push_failed(tx_key: str) -> bool:
     """Count one definitive push failure; True when it was the last outstanding push."""
-    if KSR.htable.sht_get("pushreq", tx_key) is None:
+    if KSR.htable.sht_get(PENDING, tx_key) is None:
         return False
-    return int(KSR.htable.sht_dec("pushreq", tx_key)) <= 0
+    return int(KSR.htable.sht_dec(PENDING, tx_key)) <= 0
 
 
 def forget(held: Held, callid: str) -> None:
-    KSR.htable.sht_rm("hold", held.key)
-    KSR.htable.sht_rm("holdcid", callid)
-    KSR.htable.sht_rm("pushreq", held.tx_key)
-    KSR.htable.sht_rm_name_re("holdpush", f"^{held.tx_key}:")
+    if KSR.htable.sht_get(HOLD, held.tx_key) is not None:
+        KSR.htable.sht_rm(HOLD, held.tx_key)
+        _drop_from_aor(held.aor, held.tx_key)
+    KSR.htable.sht_rm(BY_CALLID, callid)
+    KSR.htable.sht_rm(PENDING, held.tx_key)
+    KSR.htable.sht_rm(TARGETS, held.tx_key)
+
+
+def _drop_from_aor(aor: str, tx_key: str) -> None:
+    KSR.htable.sht_lock(BY_AOR, aor)
+    try:
+        rest = [t for t in _split(KSR.htable.sht_get(BY_AOR, aor)) if t != tx_key]
+        if rest:
+            KSR.htable.sht_sets(BY_AOR, aor, ",".join(rest))
+        else:
+            KSR.htable.sht_rm(BY_AOR, aor)
+    finally:
+        KSR.htable.sht_unlock(BY_AOR, aor)
+
+
+def _split(raw: object) -> list[str]:
+    return [t for t in str(raw).split(",") if t] if raw else []

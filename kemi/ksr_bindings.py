@@ -18,11 +18,13 @@ def _ulc(field: str, i: int) -> str:
     return "" if value is None else str(value)
 
 
-def fetch(aor: str) -> list[Binding]:
-    """The AoR's current bindings with their live/asleep state (empty if none)."""
+def fetch(aor: str) -> tuple[str, list[Binding]]:
+    """usrloc's key of the AoR (``alice`` or ``alice@domain``, after its ``use_domain``)
+    and its current bindings with their live/asleep state (``("", [])`` if none)."""
     if KSR.registrar.reg_fetch_contacts("location", aor, _C) < 0:
-        return []
+        return "", []
     try:
+        key = str(KSR.pv.get(f"$(ulc({_C}=>aor))") or "")
         count = int(KSR.pv.get(f"$(ulc({_C}=>count))") or 0)
         out = []
         now = time.time()
@@ -50,6 +52,6 @@ def fetch(aor: str) -> list[Binding]:
                     target=received or uri,
                 )
             )
-        return out
+        return key, out
     finally:
         KSR.registrar.reg_free_contacts(_C)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import KSR
 
@@ -11,7 +10,7 @@ from kemi import held_calls, pushing
 from kemi.settings import Settings, log
 from pushgate.decision import Binding
 
-# msilo adds this header to the messages it sends back out (kamailio.cfg extra_hdrs).
+# msilo adds this header to the messages it sends back out (pushgate.cfg extra_hdrs).
 STORED_MARKER = "X-Pushgate-Stored"
 PREVIEW_CHARS = 80
 
@@ -25,36 +24,44 @@ def from_message_store() -> bool:
 
 def route(
     settings: Settings,
-    aor: str,
+    held: held_calls.Held,
+    *,
     live: bool,
     asleep: tuple[Binding, ...],
-    relay: Callable[[], bool],
-) -> None:
+    failure_route: str,
+) -> bool:
+    """A MESSAGE to a registered AoR. False: the host relays it to the live device(s)."""
     if from_message_store():
         # A stored message on its way out after a REGISTER: only a live flow will do;
         # otherwise msilo keeps it for the next REGISTER.
-        if not live or not relay():
-            KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
-        return
+        if live:
+            return False
+        KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
+        return True
     # Stateful from here: retransmissions must not store the message twice.
     KSR.tm.t_newtran()
-    if live and relay():
-        KSR.tm.t_on_failure("ksr_failure_message")
-        return
-    store(settings, aor, asleep)
+    if live:
+        KSR.tm.t_on_failure(failure_route)
+        return False
+    store(settings, held, asleep)
+    return True
 
 
-def store(settings: Settings, aor: str, asleep: tuple[Binding, ...]) -> None:
-    if KSR.msilo.mstore_uri(aor) < 0:
+def store(settings: Settings, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
+    if KSR.msilo.mstore_uri(held.uri) < 0:
         KSR.tm.t_reply(500, "Could Not Store Message")
         return
     KSR.tm.t_reply(202, "Accepted")
     callid = str(KSR.pv.get("$ci"))
-    log("message_stored", aor=aor, callid=callid, pushed=len(asleep))
-    data = {"call_id": callid, "sender": str(KSR.pv.get("$fu")), "aor": aor}
+    log("message_stored", aor=held.aor, callid=callid, pushed=len(asleep))
+    data = {"call_id": callid, "sender": str(KSR.pv.get("$fu")), "aor": held.uri}
     if settings.msg_preview:
         data["preview"] = str(KSR.pv.get("$rb") or "")[:PREVIEW_CHARS]
-    held = held_calls.Held(aor=aor, index=0, label=0)  # no transaction waits on it
     deadline = time.time() + settings.notice_ttl
     for n, b in enumerate(asleep):
         pushing.send(held, n, pushing.target(b), "message", deadline, data)
+
+
+def deliver_stored(uri: str) -> None:
+    """On a REGISTER: msilo sends what it stored for the AoR (it deletes what is taken)."""
+    KSR.msilo.mdump_uri(uri)

@@ -1,7 +1,7 @@
-"""Prometheus counters kept by Kamailio's xhttp_prom (declared in kamailio.cfg).
+"""Prometheus counters kept by Kamailio's xhttp_prom (declared in pushgate.cfg).
 
 Every timeline event the routing logs is also counted here, so the log and the metrics
-never disagree.
+never disagree. Without xhttp_prom loaded (PUSHGATE_METRICS off) nothing is counted.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wake_token": ("wake_tokens", ("accepted",)),
 }
 
+ENABLED = hasattr(KSR, "xhttp_prom")
+
 
 def observe(event: str, fields: dict[str, object]) -> None:
     spec = _EVENTS.get(event)
-    if spec is None:
+    if spec is None or not ENABLED:
         return
     name, label_specs = spec
     labels = [s[1:] if s.startswith("=") else str(fields.get(s, "")) for s in label_specs]
@@ -36,4 +38,5 @@ def observe(event: str, fields: dict[str, object]) -> None:
 
 
 def pushd_connected(up: bool) -> None:
-    KSR.xhttp_prom.gauge_set_l0("pushgate_pushd_connected", "1" if up else "0")
+    if ENABLED:
+        KSR.xhttp_prom.gauge_set_l0("pushgate_pushd_connected", "1" if up else "0")

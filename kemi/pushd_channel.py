@@ -8,6 +8,7 @@ from typing import Any
 import KSR
 
 from kemi import held_calls, metrics, pushing
+from kemi.host import Host, Route
 from kemi.settings import Settings, log
 from pushgate import wire
 
@@ -15,11 +16,11 @@ from pushgate import wire
 DEFAULT_SECRET = "change-me"
 
 
-def on_event(settings: Settings, evname: str) -> None:
+def on_event(settings: Settings, host: Host, evname: str) -> None:
     conidx = str(KSR.pv.get("$evapi(conidx)"))
     if evname == "evapi:connection-closed":
-        if KSR.htable.sht_get("pushd", "c" + conidx) is not None:
-            KSR.htable.sht_rm("pushd", "c" + conidx)
+        if KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is not None:
+            KSR.htable.sht_rm(pushing.PUSHD, "c" + conidx)
             metrics.pushd_connected(pushing.pushd_connected())
             log("pushd_disconnected", conidx=conidx)
         return
@@ -29,14 +30,14 @@ def on_event(settings: Settings, evname: str) -> None:
         message = wire.parse_message(str(KSR.pv.get("$evapi(msg)") or ""))
         if message["type"] == "hello":
             on_hello(settings, conidx, message)
-        elif KSR.htable.sht_get("pushd", "c" + conidx) is None:
+        elif KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is None:
             KSR.err("pushgate: message from unauthenticated evapi client, closing\n")
             KSR.evapi.close()
         elif message["type"] == "result":
-            on_result(wire.parse_result(message))
+            on_result(host, wire.parse_result(message))
     except wire.WireError as exc:
         KSR.err(f"pushgate: bad message on the pushd channel: {exc}\n")
-        if KSR.htable.sht_get("pushd", "c" + conidx) is None:
+        if KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is None:
             KSR.evapi.close()  # not an authenticated pushd: no second chance
 
 
@@ -44,8 +45,8 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
     given = str(message.get("secret", ""))
     if settings.secret in ("", DEFAULT_SECRET):
         KSR.err(
-            "pushgate: PUSHD_SECRET is not set (still the default): refusing pushd; "
-            "define it in kamailio-local.cfg and in pushd's kamailio.secret\n"
+            "pushgate: PUSHGATE_SECRET is not set (still the default): refusing pushd; "
+            "define PUSHGATE_SECRET in kamailio-local.cfg and in pushd's kamailio.secret\n"
         )
         KSR.evapi.close()
         return
@@ -54,13 +55,13 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
         KSR.evapi.close()
         return
     KSR.evapi.set_tag("pushd")
-    KSR.htable.sht_seti("pushd", "c" + conidx, 1)
+    KSR.htable.sht_seti(pushing.PUSHD, "c" + conidx, 1)
     metrics.pushd_connected(True)
     KSR.evapi.relay_unicast(wire.control_message("welcome", version=wire.VERSION), "pushd")
     log("pushd_connected", conidx=conidx, agent=message.get("agent", "?"))
 
 
-def on_result(result: wire.Result) -> None:
+def on_result(host: Host, result: wire.Result) -> None:
     hid = result.hold_id
     log(
         "push_result",
@@ -76,6 +77,5 @@ def on_result(result: wire.Result) -> None:
     if result.verdict == "delivered" or not held_calls.push_failed(hid.tx_key):
         return
     # Every push for this call failed for good: end it now rather than at the deadline.
-    held = held_calls.Held(aor=result.aor, index=hid.index, label=hid.label)
-    if held_calls.claim(held):
-        KSR.tmx.t_continue(hid.index, hid.label, "ksr_route_push_failed")
+    if held_calls.claim(hid.tx_key):
+        host.continue_tx(hid.index, hid.label, Route.PUSH_FAILED)

@@ -11,6 +11,12 @@ from kemi.settings import Settings, log
 from pushgate import wake_token, wire
 from pushgate.decision import Binding
 
+# htables (pushgate.cfg): one-time wake tokens -> "<aor>|<instance>"; AoRs with a
+# relayed call that woken devices may still join (tsilo); authenticated pushd connections.
+WAKE_TOKENS = "pushgate_waketok"
+RINGING = "pushgate_ringing"
+PUSHD = "pushgate_pushd"
+
 
 def target(b: Binding) -> dict[str, str]:
     """What pushd needs to reach one binding (kept in htables while the call lasts)."""
@@ -24,13 +30,13 @@ def target(b: Binding) -> dict[str, str]:
     }
 
 
-def call_data(aor: str) -> dict[str, str]:
+def call_data(held: held_calls.Held) -> dict[str, str]:
     """Push payload of a call (our app contract; RFC 8599 leaves it open)."""
     return {
         "call_id": str(KSR.pv.get("$ci")),
         "caller": str(KSR.pv.get("$fu")),
         "caller_name": str(KSR.pv.get("$fn") or ""),
-        "aor": aor,
+        "aor": held.uri,
     }
 
 
@@ -48,7 +54,7 @@ def send(
         token = wake_token.new_token()
         ttl = max(1, int(deadline - time.time()))
         key = wake_token.binding_key(held.aor, dest["instance"])
-        KSR.htable.sht_setxs("waketok", token, key, ttl)
+        KSR.htable.sht_setxs(WAKE_TOKENS, token, key, ttl)
         data = {**data, wake_token.PAYLOAD_KEY: token}
     message = wire.push_message(
         hold_id=hold_id,
@@ -56,7 +62,7 @@ def send(
         provider=dest["provider"],
         prid=dest["prid"],
         param=dest["param"],
-        aor=held.aor,
+        aor=held.uri,
         ruid=dest["ruid"],
         instance=dest["instance"],
         deadline=deadline,
@@ -69,7 +75,7 @@ def send(
 def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, str]]) -> None:
     deadline = time.time() + settings.hold_timeout
     for n, dest in enumerate(dests):
-        send(held, n, dest, "call", deadline, call_data(held.aor))
+        send(held, n, dest, "call", deadline, call_data(held))
 
 
 def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: str = "") -> None:
@@ -81,15 +87,22 @@ def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: s
     data = {
         "call_id": str(KSR.pv.get("$ci")),
         "caller": str(KSR.pv.get("$fu")),
-        "aor": held.aor,
+        "aor": held.uri,
         "reason": reason or kind,
     }
     deadline = time.time() + settings.notice_ttl
-    awake = {b.instance for b in ksr_bindings.fetch(held.aor) if b.alive}
+    _, bindings = ksr_bindings.fetch(held.uri)
+    awake = {b.instance for b in bindings if b.alive}
     for n, dest in enumerate(held_calls.targets(held)):
         if dest["instance"] not in awake:
             send(held, n, dest, kind, deadline, data)
 
 
+def store_ringing(aor: str) -> None:
+    """Let devices that wake later join this call as branches (tsilo)."""
+    KSR.tsilo.ts_store()
+    KSR.htable.sht_seti(RINGING, aor, 1)
+
+
 def pushd_connected() -> bool:
-    return bool(KSR.htable.sht_match_name("pushd", "sw", "c") > 0)
+    return bool(KSR.htable.sht_match_name(PUSHD, "sw", "c") > 0)

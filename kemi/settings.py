@@ -1,4 +1,4 @@
-"""kamailio.cfg settings (#!define values) as the routing reads them, and the log line."""
+"""Pushgate's settings (``PUSHGATE_*`` #!define values of pushgate.cfg) and the log line."""
 
 from __future__ import annotations
 
@@ -16,34 +16,42 @@ def define(name: str, default: str) -> str:
     return default if value is None else str(value).strip('"')
 
 
+def define_int(name: str, default: int) -> int:
+    raw = define(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"pushgate: #!define {name} must be a whole number, got {raw!r}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
-    domain: str
     hold_timeout: int
     secret: str
-    reg_auth: bool
     providers: frozenset[str]
     pn_min_expires: int
     notice_ttl: int
     cancel_grace: int
-    metrics_allow: frozenset[str]
     msg_preview: bool
+    metrics_allow: frozenset[str]
 
     @classmethod
     def from_cfg(cls) -> Settings:
         return cls(
-            domain=define("SIP_DOMAIN", "pushgate.test"),
-            hold_timeout=int(define("HOLD_TIMEOUT", "30")),
-            secret=define("PUSHD_SECRET", ""),
-            reg_auth=define("REG_AUTH", "1") == "1",
-            providers=frozenset(define("PN_PROVIDERS", "apns,fcm").split(",")),
-            pn_min_expires=int(define("PN_MIN_EXPIRES", "150")),
-            notice_ttl=int(define("NOTICE_TTL", "60")),
-            cancel_grace=int(define("CANCEL_GRACE", "30")),
-            metrics_allow=frozenset(
-                ip.strip() for ip in define("METRICS_ALLOW", "127.0.0.1").split(",") if ip.strip()
+            hold_timeout=define_int("PUSHGATE_HOLD_TIMEOUT", 30),
+            secret=define("PUSHGATE_SECRET", ""),
+            providers=frozenset(
+                p.strip() for p in define("PUSHGATE_PROVIDERS", "apns,fcm").split(",") if p.strip()
             ),
-            msg_preview=define("MSG_PREVIEW", "0") == "1",
+            pn_min_expires=define_int("PUSHGATE_MIN_EXPIRES", 150),
+            notice_ttl=define_int("PUSHGATE_NOTICE_TTL", 60),
+            cancel_grace=define_int("PUSHGATE_CANCEL_GRACE", 30),
+            msg_preview=define("PUSHGATE_MSG_PREVIEW", "0") == "1",
+            metrics_allow=frozenset(
+                ip.strip()
+                for ip in define("PUSHGATE_METRICS_ALLOW", "127.0.0.1").split(",")
+                if ip.strip()
+            ),
         )
 
 

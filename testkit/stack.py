@@ -346,15 +346,29 @@ class Stack:
         return port
 
     def register_without_credentials(self, phone: Phone, **keys: str) -> sipp.SippRun:
+        return self._register_once("register_noauth", phone, None, keys)
+
+    def register_refused(self, phone: Phone, **keys: str) -> sipp.SippRun:
+        """An authenticated REGISTER the registrar refuses (400/423/555), with ``keys``."""
+        return self._register_once("register_refused", phone, (phone.user, phone.password), keys)
+
+    def _register_once(
+        self,
+        name: str,
+        phone: Phone,
+        auth: tuple[str, str] | None,
+        keys: dict[str, str],
+    ) -> sipp.SippRun:
         port = free_port()
         return sipp.start(
-            "register_noauth",
+            name,
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
             local_port=port,
             keys={"contact_hostport": f"127.0.0.1:{port}", **phone.keys(), **keys},
-            label=f"noauth-{phone.user}-{time.monotonic_ns()}",
+            auth=auth,
+            label=f"{name}-{phone.user}-{time.monotonic_ns()}",
         )
 
     def register_and_sleep(self, phone: Phone) -> None:

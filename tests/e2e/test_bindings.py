@@ -111,7 +111,7 @@ def test_in_dialog_requests_to_a_gruu_reach_the_phone(make_stack: MakeStack) -> 
 
 
 def test_expired_binding_is_never_pushed(make_stack: MakeStack) -> None:
-    stack = make_stack(defines={"REG_MIN_EXPIRES": "1", "PN_MIN_EXPIRES": "1"})
+    stack = make_stack(defines={"REG_MIN_EXPIRES": "1", "PUSHGATE_MIN_EXPIRES": "1"})
     phone = dataclasses.replace(stack.phone("gail"), expires=2)
     stack.register_and_sleep(phone)
     assert len(stack.bindings("gail")) == 1

@@ -13,7 +13,7 @@ from testkit.stack import Stack
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
-SHORT = {"REG_MIN_EXPIRES": "1", "PN_MIN_EXPIRES": "1"}
+SHORT = {"REG_MIN_EXPIRES": "1", "PUSHGATE_MIN_EXPIRES": "1"}
 
 
 def expires_at(stack: Stack, user: str) -> object:

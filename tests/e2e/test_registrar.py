@@ -42,7 +42,7 @@ def test_malformed_push_params_get_400_with_a_warning_naming_the_param(
 ) -> None:
     stack = make_stack(pushd=False)
     phone = stack.phone("alice")
-    run = stack.register_without_credentials(phone, prid="not-a-hex-token")
+    run = stack.register_refused(phone, prid="not-a-hex-token")
     assert run.wait(10) == 0, run.output()[-2000:]
     assert run.final_response()[0] == 400
     last = run.received()[-1]
@@ -103,7 +103,7 @@ def test_unserved_provider_and_too_short_expiry_are_refused(
 ) -> None:
     stack = make_stack(pushd=False)
     phone = stack.phone("alice")
-    run = stack.register_without_credentials(phone, **keys)
+    run = stack.register_refused(phone, **keys)
     assert run.wait(10) == 0, run.output()[-2000:]
     assert run.final_response()[0] == status
     assert header in run.received()[-1]
@@ -111,10 +111,10 @@ def test_unserved_provider_and_too_short_expiry_are_refused(
 
 
 def test_pushd_is_refused_while_the_secret_is_the_default(make_stack: MakeStack) -> None:
-    stack = make_stack(pushd=False, defines={"PUSHD_SECRET": '"change-me"'})
+    stack = make_stack(pushd=False, defines={"PUSHGATE_SECRET": '"change-me"'})
     stack.kamailio.secret = "change-me"
     stack.start_pushd(wait=False)
     wait_until(
-        lambda: "PUSHD_SECRET is not set" in stack.kamailio.log.read_text(), 15, "the refusal"
+        lambda: "PUSHGATE_SECRET is not set" in stack.kamailio.log.read_text(), 15, "the refusal"
     )
     assert stack.count_events("pushd_connected") == 0

@@ -1,0 +1,395 @@
+"""Pushgate's hook points: the one implementation behind every way in.
+
+A native kamailio.cfg calls them through pushgate.cfg's ``route(PUSHGATE_*)`` blocks
+(``kemi/native.py``), a KEMI script through ``kemi.api.pushgate``, and our all-in-one
+script is one such KEMI script. Each hook belongs to one step of the host's routing
+(docs/integrate.md has the table); the host keeps its own authentication, ``lookup``,
+relay, NAT handling and accounting.
+
+Return values: ``True`` from ``cancel``, ``location`` and ``trusted`` means "Pushgate
+took care of it"; ``False`` from ``register`` means "rejected, reply sent"; ``False``
+from ``branch`` means "drop this branch". In every such case the host stops.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+import KSR
+
+from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
+from kemi.host import Host, Route
+from kemi.settings import Settings, log, reply_reason
+from pushgate import registration, sipmsg, wake_token
+from pushgate.decision import Action, Binding, decide
+
+# Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
+REQUIRED_MODULES = (
+    "tm",
+    "tmx",
+    "sl",
+    "pv",
+    "hdr",
+    "siputils",
+    "registrar",
+    "htable",
+    "tcpops",
+    "tsilo",
+    "msilo",
+    "uac",
+    "evapi",
+    "corex",
+)
+
+
+class PushgateSetupError(RuntimeError):
+    """Kamailio's configuration lacks something Pushgate needs; says what to change."""
+
+
+def check_setup() -> None:
+    """Fail Kamailio's start-up, naming the fix, rather than the first call."""
+    missing = [m for m in REQUIRED_MODULES if not hasattr(KSR, m)]
+    if missing:
+        raise PushgateSetupError(
+            "pushgate: module(s) not loaded: " + ", ".join(missing) + ": "
+            "import pushgate.cfg after your modules section (it loads what is missing)"
+        )
+
+
+@dataclass(frozen=True)
+class _Relaying:
+    """Dead flows of the request being relayed now (the branch route runs right after)."""
+
+    request: tuple[str, str]
+    dead: frozenset[str]
+
+
+class Hooks:
+    def __init__(self, settings: Settings, host: Host) -> None:
+        self.settings = settings
+        self.host = host
+        # Per process: set by location(), read by branch() in the same process.
+        self._relaying = _Relaying(("", ""), frozenset())
+        # Per process: the Call-ID of the INVITE resume() is delivering right now.
+        self._resuming = ""
+        self._register: tuple[tuple[str, str], registration.RegisterCheck] | None = None
+
+    # ----- request route: CANCEL -----
+    def cancel(self) -> bool:
+        """Before the host relays a CANCEL. True: it was for a held call and is answered."""
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is None:
+            return False
+        if held_calls.claim(held.tx_key):
+            KSR.sl.sl_send_reply(200, "OK")
+            log("cancel_held", callid=callid, aor=held.aor)
+            pushing.send_notices(self.settings, held, "cancel")
+            callkit.remember_cancelled(self.settings, held, callid)
+            held_calls.forget(held, callid)
+            self.host.continue_tx(held.index, held.label, Route.CANCELLED)
+            return True
+        # Ringing, with some pushed devices still asleep: tell them too; the host relays
+        # the CANCEL to the ringing branches.
+        pushing.send_notices(self.settings, held, "cancel")
+        held_calls.forget(held, callid)
+        return False
+
+    # ----- request route: authentication -----
+    def trusted(self) -> bool:
+        """True: Pushgate vouches for this request, skip digest authentication.
+
+        A REGISTER with a valid one-time wake token from our call push, or a MESSAGE
+        msilo sends back out of its store from this Kamailio.
+        """
+        if KSR.is_REGISTER():
+            return wake_token_ok(register_contacts())
+        return bool(KSR.is_MESSAGE()) and messages.from_message_store()
+
+    # ----- REGISTER -----
+    def register(self) -> bool:
+        """Before ``save()``: RFC 8599 checks. False: rejected with a reply (400/423/555)."""
+        contacts = register_contacts()
+        check = self.check_register(contacts)
+        if check.status != 200:
+            for header in check.extra_headers:
+                KSR.hdr.append_to_reply(header + "\r\n")
+            KSR.hdr.append_to_reply(sipmsg.warning(check.warning) + "\r\n")
+            KSR.sl.sl_send_reply(check.status, check.reason)
+            log(
+                "register_rejected",
+                aor=to_aor(),
+                status=check.status,
+                why=check.warning.replace(" ", "_"),
+            )
+            return False
+        for header in check.extra_headers:
+            KSR.hdr.append_to_reply(header + "\r\n")
+        self._register = (current_request(), check)
+        return True
+
+    def check_register(self, contacts: list[str]) -> registration.RegisterCheck:
+        expires = str(KSR.pv.get("$hdr(Expires)") or "").strip()
+        return registration.check_register(
+            contacts,
+            expires_header=int(expires) if expires.isascii() and expires.isdigit() else None,
+            already_has_pns="sip.pns" in str(KSR.pv.get("$hdr(Feature-Caps)") or ""),
+            served=self.settings.providers,
+            min_expires=self.settings.pn_min_expires,
+        )
+
+    def registered(self) -> None:
+        """After a successful ``save()``: give a device that woke what waited for it."""
+        log(
+            "register_in",
+            aor=to_aor(),
+            src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
+            proto=KSR.pv.get("$pr"),
+        )
+        contacts = register_contacts()
+        if self._register is not None and self._register[0] == current_request():
+            check = self._register[1]
+        else:
+            check = self.check_register(contacts)
+        self._register = None
+        if not check.adds_binding:
+            return
+        aor, _ = ksr_bindings.fetch(to_aor())
+        if not aor:
+            return
+        # Calls already ringing elsewhere get it as a new branch (tsilo) ...
+        if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
+            KSR.tsilo.ts_append_by_contact("location", to_aor())
+        # ... calls held with no branch at all are resumed ...
+        for tx_key in held_calls.held_for_aor(aor):
+            if held_calls.claim(tx_key):
+                index, label = (int(x) for x in tx_key.split(":"))
+                log("resume", aor=aor, tx=tx_key)
+                self.host.continue_tx(index, label, Route.RESUME)
+        # ... a call cancelled while it slept is shown and ended (CallKit) ...
+        callkit.replay_cancelled_call(aor, contacts)
+        # ... and stored messages are delivered.
+        messages.deliver_stored(to_aor())
+
+    # ----- requests to local users -----
+    def location(self) -> bool:
+        """Before the host's ``lookup()``. True: held, stored or answered; the host stops.
+
+        False: the host goes on with its own lookup and relay (live devices; users
+        without push bindings, exactly as without Pushgate).
+        """
+        if KSR.is_MESSAGE() and messages.from_message_store():
+            KSR.pv.sets("$ru", str(KSR.pv.get("$tu")))  # msilo addresses the old Contact
+        uri = sipmsg.aor_of(str(KSR.pv.get("$rU")), str(KSR.pv.get("$rd")))
+        aor, bindings = ksr_bindings.fetch(uri)
+        resuming = self._resuming == str(KSR.pv.get("$ci"))
+        self._resuming = ""
+        decision = decide(bindings)
+        self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        if not bindings:
+            return self._unknown(resuming)
+        log(
+            "request_in",
+            method=KSR.pv.get("$rm"),
+            aor=aor,
+            callid=KSR.pv.get("$ci"),
+            action=decision.action.value,
+            live=len(decision.relay),
+            push=len(decision.push),
+        )
+        if KSR.is_MESSAGE():
+            return messages.route(
+                self.settings,
+                held_calls.Held(aor=aor, uri=uri, index=0, label=0),
+                live=decision.action is Action.RELAY,
+                asleep=decision.push,
+                failure_route=self.host.route_name(Route.MESSAGE_FAILED),
+            )
+        if resuming:
+            if decision.action is not Action.RELAY:
+                reply_reason(480, "Temporarily Unavailable", "Device not registered")
+                return True
+            return False
+        if not KSR.is_INVITE() or not decision.push:
+            return False
+        # From here on the INVITE is stateful: pushes are bound to its transaction.
+        KSR.tm.t_newtran()
+        held = current_held(aor, uri)
+        if decision.action is Action.RELAY:
+            self.push_while_ringing(held, decision.push)
+            return False
+        self.push_and_hold(held, decision.push)
+        return True
+
+    def _unknown(self, resuming: bool) -> bool:
+        if resuming:
+            reply_reason(480, "Temporarily Unavailable", "Device not registered")
+            return True
+        return False
+
+    def push_while_ringing(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
+        """Live devices ring now; sleeping ones get a push and join as branches if they wake."""
+        dests = [pushing.target(b) for b in asleep]
+        held_calls.remember(held, str(KSR.pv.get("$ci")), dests)
+        pushing.store_ringing(held.aor)
+        pushing.send_calls(self.settings, held, dests)
+
+    def push_and_hold(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
+        if not pushing.pushd_connected():
+            log("push_unavailable", aor=held.aor, callid=KSR.pv.get("$ci"))
+            reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
+            return
+        callid = str(KSR.pv.get("$ci"))
+        hold_ms = self.settings.hold_timeout * 1000
+        # tm's own timer ends the hold: 408 into the held-timeout route, which answers 480.
+        KSR.tm.t_set_fr(hold_ms, hold_ms)
+        KSR.tm.t_on_failure(self.host.route_name(Route.HELD_TIMEOUT))
+        dests = [pushing.target(b) for b in asleep]
+        held_calls.hold(held, callid, self.settings.hold_timeout, dests)
+        if KSR.tmx.t_suspend() < 0:
+            held_calls.forget(held, callid)
+            KSR.tm.t_reply(500, "Server Error")
+            return
+        pushing.send_calls(self.settings, held, dests)
+
+    # ----- branch and reply routes -----
+    def branch(self) -> bool:
+        """In the host's branch route. False: this branch goes to a dead flow, drop it."""
+        if self._relaying.request != current_request():
+            return True
+        return str(KSR.pv.get("$du") or KSR.pv.get("$ru") or "") not in self._relaying.dead
+
+    def reply(self) -> None:
+        """In the host's reply route (every reply): notices and the CallKit replay."""
+        status = int(KSR.pv.get("$rs") or 0)
+        if not KSR.is_method_in("I"):
+            return
+        callid = str(KSR.pv.get("$ci"))
+        if status < 200:
+            callkit.cancel_if_replayed(callid)
+        held = held_calls.for_callid(callid)
+        if held is None:
+            return  # not a call Pushgate pushed for
+        log("reply", status=status, method="INVITE", callid=callid)
+        if 200 <= status < 300:
+            # Answered: pushed devices still asleep get "answered elsewhere".
+            pushing.send_notices(self.settings, held, "cancel", reason="answered_elsewhere")
+            held_calls.forget(held, callid)
+
+    # ----- routes tm runs for Pushgate -----
+    def held_timeout(self) -> None:
+        """tm's timer fired on a held INVITE: nobody woke in time."""
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is None or not held_calls.claim(held.tx_key):
+            return  # already resumed, cancelled or failed
+        log("hold_timeout", callid=callid)
+        pushing.send_notices(self.settings, held, "missed")
+        held_calls.forget(held, callid)
+        reply_reason(480, "Temporarily Unavailable", "Device did not wake up")
+
+    def resume(self) -> None:
+        """t_continue after the wake-up REGISTER (failure-route context): the host delivers
+        the INVITE next, through its own location step (which calls ``location``)."""
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is not None:
+            # No longer held, but its other pushed devices may still wake and join
+            # (tsilo), and must hear when the call ends: keep them, drop the hold.
+            dests = held_calls.targets(held)
+            held_calls.forget(held, callid)
+            held_calls.remember(held, callid, dests)
+            pushing.store_ringing(held.aor)
+        # The hold's timer and failure route must not outlive it: the host's relay
+        # sets its own (tm keeps both across t_continue).
+        KSR.tm.t_reset_fr()
+        KSR.tm.t_on_failure("")
+        self._resuming = callid
+        log("invite_relayed", callid=callid)
+
+    def cancelled(self) -> None:
+        KSR.tm.t_reply(487, "Request Terminated")
+
+    def push_failed(self) -> None:
+        callid = str(KSR.pv.get("$ci"))
+        held = held_calls.for_callid(callid)
+        if held is not None:
+            held_calls.forget(held, callid)
+        log("push_failed_reply", callid=callid)
+        reply_reason(480, "Temporarily Unavailable", "Push notification failed")
+
+    def message_failed(self) -> None:
+        """The live device did not take the MESSAGE: store it instead."""
+        uri = sipmsg.aor_of(str(KSR.pv.get("$rU")), str(KSR.pv.get("$rd")))
+        aor, bindings = ksr_bindings.fetch(uri)
+        asleep = tuple(b for b in bindings if not b.alive and b.push)
+        messages.store(self.settings, held_calls.Held(aor=aor, uri=uri, index=0, label=0), asleep)
+
+    # ----- HTTP on the SIP port (xhttp) -----
+    def metrics(self) -> None:
+        """GET /metrics: Prometheus metrics (xhttp_prom) for PUSHGATE_METRICS_ALLOW sources."""
+        if str(KSR.pv.get("$si")) not in self.settings.metrics_allow:
+            KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "")
+        elif str(KSR.pv.get("$hu") or "").startswith("/metrics"):
+            KSR.xhttp_prom.dispatch()
+        else:
+            KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "")
+
+    # ----- the pushd channel (evapi events) -----
+    def evapi(self, evname: str) -> None:
+        pushd_channel.on_event(self.settings, self.host, evname)
+
+
+def log_error(where: str) -> None:
+    KSR.err(f"pushgate: {where}: " + traceback.format_exc().replace("\n", " | ") + "\n")
+
+
+# ----- small readers of the current message -----
+def current_request() -> tuple[str, str]:
+    return str(KSR.pv.get("$ci")), str(KSR.pv.get("$cs"))
+
+
+def to_aor() -> str:
+    return sipmsg.aor_of(str(KSR.pv.get("$tU")), str(KSR.pv.get("$td")))
+
+
+def register_contacts() -> list[str]:
+    contacts: list[str] = []
+    for i in range(int(KSR.pv.get("$hdrc(Contact)") or 0)):
+        contacts += sipmsg.split_header_values(str(KSR.hdr.get_idx("Contact", i) or ""))
+    return contacts
+
+
+def dead_push_targets(bindings: list[Binding]) -> frozenset[str]:
+    """Destinations of push bindings whose flow is dead: Pushgate pushes them instead."""
+    return frozenset(b.target or b.uri for b in bindings if not b.alive and b.push is not None)
+
+
+def wake_token_ok(contacts: list[str]) -> bool:
+    """A valid one-time wake token (from our call push) stands in for digest auth."""
+    token = str(KSR.pv.get(f"$hdr({wake_token.HEADER})") or "").strip()
+    if not token:
+        return False
+    aor, _ = ksr_bindings.fetch(to_aor())
+    bound = (
+        KSR.htable.sht_get(pushing.WAKE_TOKENS, token)
+        if wake_token.looks_like_token(token)
+        else None
+    )
+    # Every Contact saved on the token's say must be the device it was issued to.
+    keys = {wake_token.binding_key(aor, wake_token.contact_instance(c)) for c in contacts}
+    ok = bound is not None and bool(aor) and keys == {str(bound)}
+    if bound is not None:
+        KSR.htable.sht_rm(pushing.WAKE_TOKENS, token)  # single use, even when misused
+    log("wake_token", aor=aor, accepted=ok)
+    return ok
+
+
+def current_held(aor: str, uri: str) -> held_calls.Held:
+    return held_calls.Held(
+        aor=aor,
+        uri=uri,
+        index=int(KSR.pv.get("$T(id_index)")),
+        label=int(KSR.pv.get("$T(id_label)")),
+    )
