@@ -13,6 +13,8 @@ from ``branch`` means "drop this branch". In every such case the host stops.
 
 from __future__ import annotations
 
+import json
+import re
 import traceback
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ import KSR
 from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
 from kemi.host import Host, Route
 from kemi.settings import Settings, log, reply_reason
-from pushgate import registration, sipmsg, wake_token
+from pushgate import registration, setup_check, sipmsg, wake_token
 from pushgate.decision import Action, Binding, decide
 
 # Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
@@ -40,6 +42,7 @@ REQUIRED_MODULES = (
     "uac",
     "evapi",
     "corex",
+    "jsonrpcs",
 )
 
 
@@ -49,12 +52,43 @@ class PushgateSetupError(RuntimeError):
 
 def check_setup() -> None:
     """Fail Kamailio's start-up, naming the fix, rather than the first call."""
-    missing = [m for m in REQUIRED_MODULES if not hasattr(KSR, m)]
-    if missing:
-        raise PushgateSetupError(
-            "pushgate: module(s) not loaded: " + ", ".join(missing) + ": "
-            "import pushgate.cfg after your modules section (it loads what is missing)"
+    missing = tuple(m for m in REQUIRED_MODULES if not hasattr(KSR, m))
+    facts = setup_check.KamailioFacts(missing_modules=missing)
+    # jsonrpcs loaded by pushgate.cfg after a KEMI script's app_python3 is not initialised
+    # yet when the script's mod_init runs (RPC from it would crash Kamailio).
+    late_rpc = KSR.pv.get("$def(PUSHGATE_LOADS_JSONRPCS)") is not None and (
+        KSR.pv.get("$def(PUSHGATE_KEMI)") is not None
+    )
+    if late_rpc:
+        KSR.warn("pushgate: load jsonrpcs before app_python3 to get the start-up checks\n")
+    if not missing and not late_rpc:
+        sockets = rpc("core.sockets_list")
+        facts = setup_check.KamailioFacts(
+            tcp_error=rpc_error(rpc("core.tcp_info")),
+            protos=frozenset(re.findall(r'"proto":\s*"(\w+)"', sockets)),
+            usrloc_db_error=rpc_error(rpc("ul.db_users", "location")),
+            memory_only_ok=KSR.pv.get("$def(PUSHGATE_USRLOC_MEMORY)") is not None,
         )
+    found = setup_check.problems(facts)
+    for problem in found:
+        KSR.err(f"pushgate: cannot start: {problem}\n")
+    if found:
+        raise PushgateSetupError("pushgate: " + "; ".join(found))
+
+
+def rpc(method: str, *params: str) -> str:
+    """Run a Kamailio RPC command in this process (jsonrpcs); its JSON answer."""
+    request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+    KSR.jsonrpcs.exec(json.dumps(request))
+    return str(KSR.pv.get("$jsonrpl(body)") or "")
+
+
+def rpc_error(answer: str) -> str:
+    try:
+        error = json.loads(answer).get("error") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return str(error.get("message", "")) if isinstance(error, dict) else ""
 
 
 @dataclass(frozen=True)

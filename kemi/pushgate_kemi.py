@@ -9,18 +9,12 @@ users. Methods named ``ksr_*`` are called by Kamailio by name.
 
 from __future__ import annotations
 
-import os
-import sys
 import traceback
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+import KSR
 
-import KSR  # noqa: E402
-
-from kemi.api import PushgateRoutes, pushgate  # noqa: E402
-from kemi.settings import define, log  # noqa: E402
+from kemi.api import PushgateRoutes, pushgate
+from kemi.settings import define, log
 
 # KEMI return code: continue / done.
 OK = 1

@@ -87,7 +87,8 @@ class Kamailio:
 
     def start(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        # Kamailio's Python finds Pushgate's packages the way an install provides them.
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 self.argv(),

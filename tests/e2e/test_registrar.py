@@ -118,3 +118,22 @@ def test_pushd_is_refused_while_the_secret_is_the_default(make_stack: MakeStack)
         lambda: "PUSHGATE_SECRET is not set" in stack.kamailio.log.read_text(), 15, "the refusal"
     )
     assert stack.count_events("pushd_connected") == 0
+
+
+@pytest.mark.parametrize(
+    ("defines", "fix"),
+    [
+        ({"UL_DB_MODE": "0"}, "PUSHGATE_USRLOC_MEMORY"),
+    ],
+)
+def test_kamailio_refuses_to_start_without_what_pushgate_needs(
+    make_stack: MakeStack, defines: dict[str, str], fix: str
+) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        make_stack(pushd=False, defines=defines)
+    assert "pushgate: cannot start:" in str(failed.value) and fix in str(failed.value)
+
+
+def test_usrloc_in_memory_only_is_accepted_when_asked_for(make_stack: MakeStack) -> None:
+    stack = make_stack(pushd=False, defines={"UL_DB_MODE": "0", "PUSHGATE_USRLOC_MEMORY": ""})
+    assert stack.kamailio.running()
