@@ -190,6 +190,8 @@ class Stack:
 
     # ----- lifecycle -----
     def start(self, *, pushd: bool = True) -> Stack:
+        if pushd and not self.kamailio.evapi:
+            raise ValueError(f"{self.flavour}: the config has no evapi for pushd: pushd=False")
         if self.stock is not None:
             self.pg.create_stock_schema()
         self.pg.psql("DELETE FROM location; DELETE FROM subscriber; DELETE FROM silo")

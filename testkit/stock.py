@@ -91,8 +91,9 @@ def check_rtpproxy_port() -> None:
     (ECONNREFUSED) and disables the proxy; ``rtpproxy_manage()`` on a NATed call then fails
     at once ("no available proxies") and the stock scripts go on. Something bound there that
     does not answer makes every probe wait (rtpproxy_tout 1 s x rtpproxy_retr 5) instead:
-    Kamailio's workers block for seconds at start and the first calls fail. The site cannot move the socket: the local file comes before the
-    stock ``loadmodule "rtpproxy.so"`` and a module cannot be loaded twice.
+    Kamailio's workers block for seconds at start and the first calls fail. The site cannot
+    move the socket: the local file comes before the stock ``loadmodule "rtpproxy.so"`` and
+    a module cannot be loaded twice.
     """
     if udp_port_bound(RTPPROXY_PORT):
         raise RuntimeError(
