@@ -1,4 +1,5 @@
-"""Run the real Kamailio with our kamailio.cfg in the foreground, private rundir and ports."""
+"""Run the real Kamailio in the foreground, private rundir and ports: our kamailio.cfg, or
+another cfg file (a stock config, testkit/stock.py) with its own defines."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ class Kamailio:
     tls: tuple[Path, Path, Path] | None = None
     """(certificate, key, CA) to listen for SIP over TLS on ``sips_port`` (WITH_TLS)."""
     sips_port: int = field(default_factory=free_port)
+    cfg: Path | None = None
+    """Another cfg file to run (a stock config, see testkit/stock.py) instead of ours."""
+    cfg_defines: dict[str, str] | None = None
+    """The ``-A`` defines for ``cfg`` (instead of ``defines()``, which are our cfg's)."""
+    cfg_args: tuple[str, ...] = ()
+    """More command-line options for ``cfg`` (e.g. ``-n 2``)."""
+    evapi: bool = True
+    """Whether the cfg loads evapi: readiness then includes the evapi port."""
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,8 +83,13 @@ class Kamailio:
         return d
 
     def argv(self, check_only: bool = False) -> list[str]:
-        argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
-        for name, value in self.defines().items():
+        if self.cfg is None:
+            argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
+            defines = self.defines()
+        else:
+            argv = [KAMAILIO, "-f", str(self.cfg), *self.cfg_args]
+            defines = {**(self.cfg_defines or {}), **self.extra}
+        for name, value in defines.items():
             argv += ["-A", f"{name}={value}" if value else name]
         if check_only:
             return [*argv, "-c"]
@@ -109,7 +123,7 @@ class Kamailio:
             raise RuntimeError(f"kamailio exited with {self._proc.returncode}:\n{tail(self.log)}")
         return (
             port_open(self.sip_port)
-            and port_open(self.evapi_port)
+            and (not self.evapi or port_open(self.evapi_port))
             and (self.rundir / "kamailio_ctl").exists()
         )
 

@@ -169,6 +169,20 @@ class PostgresCluster:
         for path in sorted((REPO / "sql").glob("*-create.sql")):
             self.psql(file=path)
 
+    def create_stock_schema(self) -> None:
+        """The extra tables Kamailio's stock configs want (idempotent).
+
+        The KEMI example hard-defines WITH_ACCDB (``acc``, ``missed_calls`` with the extra
+        columns its header lists) and WITH_IPAUTH (permissions: ``address``, ``trusted``).
+        """
+        if self.psql("SELECT to_regclass('acc') IS NOT NULL") == "t":
+            return
+        from testkit.stock import accdb_columns
+
+        for name in ("acc", "permissions"):
+            self.psql(file=KAMAILIO_SQL / f"{name}-create.sql")
+        self.psql("\n".join(accdb_columns()))
+
     def stop(self) -> None:
         from testkit.procs import stop
 

@@ -1,7 +1,8 @@
 """The whole Pushgate stack on loopback, for tests and the demo.
 
-PostgreSQL (throwaway cluster) + Kamailio (our kamailio.cfg) + pushd + fake APNs
-(+ fake FCM). Phones and callers are SIPp scenarios; a phone that gets a push is
+PostgreSQL (throwaway cluster) + Kamailio (our kamailio.cfg, or a stock config of
+Kamailio's own: ``flavour`` "default" or "kemi", see testkit/stock.py) + pushd + fake
+APNs (+ fake FCM). Phones and callers are SIPp scenarios; a phone that gets a push is
 "woken" by starting its re-REGISTER scenario from the fake's push callback.
 """
 
@@ -15,14 +16,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from testkit import sipp
+from testkit import sipp, stock
 from testkit.certs import TestPki
 from testkit.fake_apns import FakeApnsThread, PushRecord
 from testkit.fake_fcm import FakeFcm, FcmRecord
@@ -58,6 +59,8 @@ class Phone:
     expires: int = 600
     outbound: bool = True
     """RFC 5626 client (reg-id + ;ob); False: instance only, as liblinphone and baresip do."""
+    push: bool = True
+    """RFC 8599 pn params in the Contact; False: a phone without push."""
     gruu: bool = False
     """Use the GRUU (``sip:user@domain;gr=<instance>``) as dialog Contact, as liblinphone does."""
 
@@ -73,6 +76,11 @@ class Phone:
             "contact_transport": "tcp",
             "ob": ";ob" if self.outbound else "",
             "regid": ";reg-id=1" if self.outbound else "",
+            "pn": (
+                f";pn-provider={self.provider};pn-prid={self.token};pn-param={self.param}"
+                if self.push
+                else ""
+            ),
         }
 
     def dialog_contact(self, hostport: str) -> str:
@@ -116,7 +124,16 @@ class Stack:
         defines: dict[str, str] | None = None,
         refresh_interval: float | None = None,
         tls: bool = False,
+        flavour: str = "allinone",
+        patches: Sequence[Path] = (),
     ) -> None:
+        """``flavour``: "allinone" (our kamailio.cfg) or a stock config ("default", "kemi")
+        with ``patches`` applied to it (``defines`` are then extra ``-A`` defines)."""
+        if flavour != "allinone" and flavour not in stock.FLAVOURS:
+            raise ValueError(f"unknown flavour {flavour!r}")
+        if patches and flavour == "allinone":
+            raise ValueError("patches apply to the stock flavours only")
+        self.flavour = flavour
         self.root = root
         self.tls = tls
         self.refresh_interval = refresh_interval
@@ -133,6 +150,9 @@ class Stack:
             tls=(pki.server_cert, pki.server_key, pki.ca_cert) if tls else None,
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
+        self.stock: stock.StockConfig | None = None
+        if flavour != "allinone":
+            self._use_stock(flavour, patches)
         self.apns: FakeApnsThread | None = None
         self.fcm: FakeFcm | None = None
         self._fcm_seen = 0
@@ -145,8 +165,35 @@ class Stack:
         """(wall-clock time, record) of every push the fakes saw, in order."""
         self._lock = threading.Lock()
 
+    def _use_stock(self, flavour: str, patches: Sequence[Path]) -> None:
+        k = self.kamailio
+        site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
+        self.stock = stock.prepare(
+            "kemi" if flavour == "kemi" else "default", k.workdir / "etc", site, patches
+        )
+        k.cfg = self.stock.cfg
+        k.cfg_defines = dict(self.stock.defines)
+        # Two SIP workers per socket instead of the stock 8: a small test machine.
+        k.cfg_args = ("-n", "2")
+        if self.stock.loads("rtpproxy"):
+            stock.check_rtpproxy_port()
+        k.evapi = self.stock.loads("evapi")
+        if k.evapi:
+            # A Pushgate patch gets the all-in-one config's names for these (as #!trydef).
+            k.cfg_defines.update(
+                {
+                    "EVAPI_BIND": f'"127.0.0.1:{k.evapi_port}"',
+                    "PUSHD_SECRET": f'"{k.secret}"',
+                    "HOLD_TIMEOUT": str(k.hold_timeout),
+                }
+            )
+
     # ----- lifecycle -----
     def start(self, *, pushd: bool = True) -> Stack:
+        if pushd and not self.kamailio.evapi:
+            raise ValueError(f"{self.flavour}: the config has no evapi for pushd: pushd=False")
+        if self.stock is not None:
+            self.pg.create_stock_schema()
         self.pg.psql("DELETE FROM location; DELETE FROM subscriber; DELETE FROM silo")
         self.apns = FakeApnsThread(self.pki, on_record=self._record).__enter__()
         self.fcm = FakeFcm().start()
@@ -255,11 +302,12 @@ class Stack:
 
     # ----- subscribers and phones -----
     def add_subscriber(self, user: str, password: str) -> None:
+        """Clear-text ``password`` for the stock configs (calculate_ha1), ``ha1`` for ours."""
         ha1 = hashlib.md5(f"{user}:{DOMAIN}:{password}".encode()).hexdigest()
         self.pg.query(
             "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
-            "VALUES (%s, %s, '', %s, '')",
-            (user, DOMAIN, ha1),
+            "VALUES (%s, %s, %s, %s, '')",
+            (user, DOMAIN, password, ha1),
         )
 
     def phone(
@@ -422,13 +470,20 @@ class Stack:
         )
 
     def call(
-        self, callee: str, *, expect_answer: bool, talk_ms: int = 300, label: str = "caller"
+        self,
+        callee: str,
+        *,
+        expect_answer: bool,
+        talk_ms: int = 300,
+        label: str = "caller",
+        caller_domain: str = DOMAIN,
     ) -> sipp.SippRun:
+        """Bob calls ``callee``; from ``caller_domain`` (a foreign one: no digest auth)."""
         return sipp.start(
             "caller_call" if expect_answer else "caller_fail",
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
-            keys={"domain": DOMAIN, "callee": callee},
+            keys={"domain": DOMAIN, "callee": callee, "caller_domain": caller_domain},
             pause_ms=talk_ms,
             label=label,
         )
@@ -469,5 +524,22 @@ class Stack:
         return len(self.events(name))
 
     def bindings(self, user: str) -> list[str]:
-        rows = self.pg.query("SELECT contact FROM location WHERE username = %s", (user,))
-        return [str(row[0]) for row in rows]
+        """Contacts of ``user``: from the ``location`` table (ours writes through), or from
+        usrloc's memory for the stock configs (db_mode 2: the table lags by up to 60 s)."""
+        if self.stock is None:
+            rows = self.pg.query("SELECT contact FROM location WHERE username = %s", (user,))
+            return [str(row[0]) for row in rows]
+        return ul_contacts(self.kamailio.kamcmd("ul.dump"), user)
+
+
+def ul_contacts(dump: str, user: str) -> list[str]:
+    """The contacts (``Address:``) of AoR ``user`` in ``kamcmd ul.dump`` output."""
+    contacts: list[str] = []
+    aor: str | None = None
+    for line in dump.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "AoR":
+            aor = value
+        elif key == "Address" and aor == user:
+            contacts.append(value)
+    return contacts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 @pytest.fixture
 def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """``make_stack(hold_timeout=..., pushd=True, defines={...})`` starts a stack (stopped after
-    the test); ``defines`` override kamailio.cfg #!trydef values."""
+    the test); ``defines`` override kamailio.cfg #!trydef values. ``flavour="default"`` or
+    ``"kemi"`` runs one of Kamailio's stock configs instead, with ``patches`` applied."""
     stacks: list[Stack] = []
 
     def factory(
@@ -42,6 +43,8 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
         defines: dict[str, str] | None = None,
         refresh_interval: float | None = None,
         tls: bool = False,
+        flavour: str = "allinone",
+        patches: Sequence[Path] = (),
     ) -> Stack:
         stack = Stack(
             tmp_path / f"stack{len(stacks)}",
@@ -51,6 +54,8 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
             defines=defines,
             refresh_interval=refresh_interval,
             tls=tls,
+            flavour=flavour,
+            patches=patches,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)
