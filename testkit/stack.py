@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,16 +178,21 @@ class Stack:
         k.cfg_args = ("-n", "2")
         if self.stock.loads("rtpproxy"):
             stock.check_rtpproxy_port()
-        k.evapi = self.stock.loads("evapi")
-        if k.evapi:
-            # A Pushgate patch gets the all-in-one config's names for these (as #!trydef).
+        if patches:
+            # Installed beside the operator's cfg, as docs/integrate.md says.
+            shutil.copyfile(REPO / "pushgate.cfg", self.stock.workdir / "pushgate.cfg")
+            # Pushgate's site settings (pushgate.cfg #!trydef), as -A defines.
             k.cfg_defines.update(
                 {
-                    "EVAPI_BIND": f'"127.0.0.1:{k.evapi_port}"',
-                    "PUSHD_SECRET": f'"{k.secret}"',
-                    "HOLD_TIMEOUT": str(k.hold_timeout),
+                    "WITH_PUSHGATE": "",
+                    "PUSHGATE_SCRIPT": f'"{REPO / "kemi" / "native.py"}"',
+                    "PUSHGATE_EVAPI_BIND": f'"127.0.0.1:{k.evapi_port}"',
+                    "PUSHGATE_SECRET": f'"{k.secret}"',
+                    "PUSHGATE_HOLD_TIMEOUT": str(k.hold_timeout),
+                    "PUSHGATE_MSILO_PROXY": f'"sip:127.0.0.1:{k.sip_port}"',
                 }
             )
+        k.evapi = bool(patches)
 
     # ----- lifecycle -----
     def start(self, *, pushd: bool = True) -> Stack:

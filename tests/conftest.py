@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from testkit.certs import TestPki, make_test_pki
+from testkit.linphone import Linphone, PushStyle
 from testkit.postgres import PostgresCluster, start_cluster
-from testkit.stack import Stack, world_readable_tempdir
+from testkit.stack import DOMAIN, Stack, world_readable_tempdir
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +65,31 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
     yield factory
     for stack in stacks:
         stack.stop()
+
+
+LINPHONE_PASSWORD = "secret1"
+MakeLinphone = Callable[..., Linphone]
+
+
+@pytest.fixture
+def make_linphone(tmp_path: Path) -> Iterator[MakeLinphone]:
+    """``make_linphone(stack, user, style, push_parameters)``; every linphonec is killed after."""
+    made: list[Linphone] = []
+
+    def factory(stack: Stack, user: str, style: PushStyle, push_parameters: str) -> Linphone:
+        phone = Linphone(
+            workdir=tmp_path / f"linphone-{user}",
+            user=user,
+            password=LINPHONE_PASSWORD,
+            domain=DOMAIN,
+            registrar_port=stack.kamailio.sip_port,
+            instance=f"5e1f0000-0000-4000-8000-{len(made) + 1:012d}",
+            push_style=style,
+            push_parameters=push_parameters,
+        )
+        made.append(phone)
+        return phone
+
+    yield factory
+    for phone in made:
+        phone.stop()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,40 +30,16 @@ import yaml
 from testkit.linphone import Linphone, PushStyle, SipMessage
 from testkit.procs import wait_until
 from testkit.stack import DOMAIN, TEAM_PARAM_PREFIX, Stack
+from tests.conftest import LINPHONE_PASSWORD, MakeLinphone
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
-MakeLinphone = Callable[..., Linphone]
 
 BUNDLE = "com.example.app"
 VOIP_TOKEN = "c0ffee" + "0123456789abcdef" * 3 + "0123456789"
 REMOTE_TOKEN = "f00d" + "fedcba9876543210" * 3 + "fedcba987654"
-PASSWORD = "secret1"
-
-
-@pytest.fixture
-def make_linphone(tmp_path: Path) -> Iterator[MakeLinphone]:
-    """``make_linphone(stack, user, style, push_parameters)``; every linphonec is killed after."""
-    made: list[Linphone] = []
-
-    def factory(stack: Stack, user: str, style: PushStyle, push_parameters: str) -> Linphone:
-        phone = Linphone(
-            workdir=tmp_path / f"linphone-{user}",
-            user=user,
-            password=PASSWORD,
-            domain=DOMAIN,
-            registrar_port=stack.kamailio.sip_port,
-            instance=f"5e1f0000-0000-4000-8000-{len(made) + 1:012d}",
-            push_style=style,
-            push_parameters=push_parameters,
-        )
-        made.append(phone)
-        return phone
-
-    yield factory
-    for phone in made:
-        phone.stop()
+PASSWORD = LINPHONE_PASSWORD
 
 
 def stack_with_push_log(make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch) -> Stack:
@@ -109,7 +85,9 @@ def find(messages: list[SipMessage], *, out: bool, what: str, cseq: str = "") ->
     raise AssertionError(f"linphonec {'sent' if out else 'received'} no {what} {cseq}:\n{seen}")
 
 
-def sleep_push_wake_answer(stack: Stack, phone: Linphone, voip_token: str) -> None:
+def sleep_push_wake_answer(
+    stack: Stack, phone: Linphone, voip_token: str, caller_domain: str = DOMAIN
+) -> None:
     """Register, sleep, call: the push wakes linphonec, which answers; the caller hangs up."""
     stack.add_subscriber(phone.user, PASSWORD)
     phone.start()
@@ -125,7 +103,7 @@ def sleep_push_wake_answer(stack: Stack, phone: Linphone, voip_token: str) -> No
 
     stack.on_push[voip_token] = lambda record: phone.start()  # the "wake" command
     started = time.monotonic()
-    caller = stack.call(phone.user, expect_answer=True, talk_ms=500)
+    caller = stack.call(phone.user, expect_answer=True, talk_ms=500, caller_domain=caller_domain)
     rc = caller.wait(15)
     assert rc == 0, f"caller sipp rc={rc}:\n{caller.output()[-3000:]}\n{phone.log_text()[-4000:]}"
     assert time.monotonic() - started < 10
