@@ -1,7 +1,7 @@
 """iOS CallKit: every VoIP push must be reported as a call, even a cancelled one.
 
 A device pushed for a call that the caller cancelled before it woke is remembered for
-CANCEL_GRACE seconds. When it re-registers in that window it gets an INVITE with the
+PUSHGATE_CANCEL_GRACE seconds. When it re-registers in that window it gets an INVITE with the
 call's Call-ID over its new flow, cancelled as soon as it rings, so the app can show
 and end the call cleanly.
 """

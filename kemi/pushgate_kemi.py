@@ -102,8 +102,10 @@ class Router(PushgateRoutes):
     # ----- REGISTER -----
     def route_register(self) -> None:
         if self.reg_auth and not pushgate.trusted():
-            if KSR.auth_db.auth_check(self.domain, "subscriber", 1) < 0:
+            rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
+            if rc < 0:
                 KSR.auth.auth_challenge(self.domain, 0)
+                log("register_challenged", aor=f"sip:{KSR.pv.get('$tU')}@{self.domain}", rc=rc)
                 return
             KSR.auth.consume_credentials()
         if not pushgate.register():

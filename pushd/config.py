@@ -89,7 +89,7 @@ class KamailioConfig:
     """evapi address pushd connects to."""
     port: int = 8448
     secret: Secret
-    """Presented in the ``hello``; must equal PUSHD_SECRET in kamailio.cfg."""
+    """Presented in the ``hello``; must equal PUSHGATE_SECRET in kamailio.cfg (pushgate.cfg)."""
     reconnect_max_delay: float = 5.0
     """Cap (s) on the reconnect backoff when Kamailio is down."""
 
@@ -408,7 +408,7 @@ class _Parser:
         if inline is not None and secret_file is not None:
             raise s.error("secret", "give either secret or secret_file, not both")
         if inline is None and secret_file is None:
-            raise s.error("secret", "required (or secret_file): must match PUSHD_SECRET")
+            raise s.error("secret", "required (or secret_file): must match PUSHGATE_SECRET")
         if secret_file is not None:
             secret = Secret(file=secret_file)
             if self.check_files:

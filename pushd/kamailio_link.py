@@ -145,7 +145,7 @@ class KamailioLink:
                 self._outage(
                     "rejected",
                     f"kamailio {self.address} closed the connection without a welcome; "
-                    "does kamailio.secret match PUSHD_SECRET in kamailio.cfg?",
+                    "does kamailio.secret match PUSHGATE_SECRET in kamailio.cfg (pushgate.cfg)?",
                 )
         if self._queue:
             log.warning("%d results not delivered to kamailio (stopping)", len(self._queue))

@@ -466,12 +466,14 @@ class Stack:
         self.on_push[phone.token] = wake
         return started
 
-    def send_message(self, callee: str, text: str, label: str = "sender") -> sipp.SippRun:
+    def send_message(
+        self, callee: str, text: str, label: str = "sender", caller_domain: str = DOMAIN
+    ) -> sipp.SippRun:
         return sipp.start(
             "sender_message",
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
-            keys={"domain": DOMAIN, "callee": callee, "text": text},
+            keys={"domain": DOMAIN, "callee": callee, "text": text, "caller_domain": caller_domain},
             label=label,
         )
 

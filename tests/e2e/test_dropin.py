@@ -82,6 +82,8 @@ def test_sleeping_iphone_is_woken_by_apns_and_answers(flavour: str, dropin: Drop
     # The woken phone's REGISTER is challenged the host's way, then the INVITE arrives once.
     assert received[0] == "SIP/2.0 401 Unauthorized"
     assert sum(1 for line in received if line.startswith("INVITE ")) == 1
+    # The woken device replaced its binding (same +sip.instance, new flow): one binding.
+    assert len(stack.bindings("alice")) == 1
     # Delivered through the host's own location + relay: accounted as the host does.
     log = stack.kamailio.log.read_text(errors="replace")
     assert "ACC: transaction answered:" in log
@@ -209,3 +211,63 @@ def test_real_linphonec_is_woken_by_push_and_answers(
     sleep_push_wake_answer(stack, phone, VOIP_TOKEN, caller_domain=FOREIGN)
     output = phone.out_file(1).read_text(errors="replace")
     assert "auto answering" in output and "connected" in output and "ended" in output
+
+
+def test_live_and_sleeping_devices_fork_and_the_sleeper_hears_answered_elsewhere(
+    flavour: str, dropin: Dropin
+) -> None:
+    stack = dropin(flavour)
+    iphone, desk = stack.phone("lena", n=1), stack.phone("lena", n=2)
+    stack.register_and_sleep(iphone)
+    desk_run = stack.register(desk, keep_open_ms=15000, answer=True, label="desk")
+    wait_until(lambda: len(stack.bindings("lena")) == 2, 10, "two bindings")
+    caller = stack.call("lena", expect_answer=True, caller_domain=FOREIGN)
+    assert caller.wait(20) == 0, caller.output()[-3000:]
+    assert desk_run.wait(10) == 97
+    assert stack.apns is not None
+    pushes = stack.apns.wait_for_pushes(2, timeout=5)
+    assert [(p.token, p.push_type) for p in pushes] == [
+        (iphone.token, "voip"),
+        (iphone.token, "alert"),
+    ]
+    assert pushes[1].payload.get("reason") == "answered_elsewhere"
+
+
+def test_woken_phone_skips_the_challenge_with_its_wake_token(flavour: str, dropin: Dropin) -> None:
+    stack = dropin(flavour)
+    phone = stack.phone("mia")
+    stack.register_and_sleep(phone)
+    woken = stack.wake_on_push(phone, fast=True)
+    caller = stack.call("mia", expect_answer=True, caller_domain=FOREIGN)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert woken and woken[0].wait(15) == 97
+    statuses = [m.splitlines()[0] for m in woken[0].received() if m.startswith("SIP/2.0")]
+    assert statuses[0] == "SIP/2.0 200 OK"
+    assert [e["accepted"] for e in stack.events("wake_token")] == ["True"]
+
+
+def test_message_to_a_sleeping_device_is_stored_pushed_and_delivered_on_register(
+    flavour: str, dropin: Dropin
+) -> None:
+    stack = dropin(flavour)
+    phone = stack.phone("nora")
+    stack.register_and_sleep(phone)
+    sender = stack.send_message("nora", "see you at 8", caller_domain=FOREIGN)
+    assert sender.wait(10) == 0, sender.output()[-3000:]
+    assert sender.final_response()[0] == 202
+    assert stack.apns is not None
+    (push,) = stack.apns.wait_for_pushes(1)
+    assert push.push_type == "alert"
+    run = stack.register(phone, keep_open_ms=10000, take_message=True, label="woken")
+    assert run.wait(15) == 97, run.output()[-3000:]
+    taken = [m for m in run.received() if m.startswith("MESSAGE ")]
+    assert len(taken) == 1 and "see you at 8" in taken[0]
+
+
+def test_register_with_bad_push_params_gets_400_and_a_warning(flavour: str, dropin: Dropin) -> None:
+    stack = dropin(flavour, pushd=False)
+    run = stack.register_refused(stack.phone("olga"), prid="not-a-hex-token")
+    assert run.wait(10) == 0, run.output()[-3000:]
+    assert run.final_response()[0] == 400
+    assert 'Warning: 399 pushgate "pn-prid:' in run.received()[-1]
+    assert stack.bindings("olga") == []

@@ -242,7 +242,7 @@ def test_wrong_secret_is_diagnosed_once_and_nothing_is_sent(
 
     with caplog.at_level(logging.INFO, logger="pushd.link"):
         run(scenario)
-    diagnosed = [r for r in caplog.records if "PUSHD_SECRET" in r.getMessage()]
+    diagnosed = [r for r in caplog.records if "PUSHGATE_SECRET" in r.getMessage()]
     assert len(diagnosed) == 1
     assert SECRET not in caplog.text
 

@@ -1,0 +1,115 @@
+"""Wake path timings on each way in: our all-in-one config vs Kamailio's stock configs with
+Pushgate's patches (default native cfg, KEMI Python example).
+
+    python -m bench.wake_path [--calls 10] [--flavours allinone,default,kemi] [--json FILE]
+
+For each flavour: start the stack on loopback (throwaway PostgreSQL, Kamailio, pushd,
+fake APNs), register one SIPp iPhone and let it sleep, then play ``--calls`` calls, one
+at a time; each call's push wakes the phone (digest re-REGISTER), which answers. From
+Kamailio's timeline and the fake APNs' receive times:
+
+- INVITE in -> push at APNs: ``request_in`` to the fake's receipt of the VoIP push;
+- REGISTER in -> INVITE relayed: ``register_in`` (after ``save()``) to ``invite_relayed``
+  (the held transaction continued into the host's delivery).
+
+Bounded: ``--calls`` calls per flavour, each waited for at most 45 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from testkit.certs import make_test_pki
+from testkit.postgres import start_cluster
+from testkit.stack import Phone, Stack, is_call_push, world_readable_tempdir
+
+REPO = Path(__file__).resolve().parent.parent
+PATCHES = {
+    "default": [REPO / "patches" / "kamailio-5.6-default.patch"],
+    "kemi": [REPO / "patches" / "kamailio-5.6-kemi-python.patch"],
+    "allinone": [],
+}
+FOREIGN = "caller.example"
+
+
+def one_call(stack: Stack, phone: Phone, n: int) -> tuple[float, float]:
+    since = time.time()
+    woken = stack.wake_on_push(phone)
+    caller = stack.call(
+        "alice", expect_answer=True, talk_ms=100, label=f"caller{n}", caller_domain=FOREIGN
+    )
+    if caller.wait(45) != 0 or not woken or woken[0].wait(15) != 97:
+        raise RuntimeError(f"call {n} failed:\n{caller.output()[-2000:]}")
+    events = [e for e in stack.events() if float(e["t"]) >= since]
+    t0 = next(float(e["t"]) for e in events if e.get("event") == "request_in")
+    pushed = next(w for w, r in stack.push_log if w >= since and is_call_push(r))
+    registered = next(float(e["t"]) for e in events if e.get("event") == "register_in")
+    relayed = next(float(e["t"]) for e in events if e.get("event") == "invite_relayed")
+    return 1000 * (pushed - t0), 1000 * (relayed - registered)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 2),
+        "max": round(ordered[-1], 2),
+    }
+
+
+def run_flavour(flavour: str, calls: int, root: Path) -> dict[str, object]:
+    pg = start_cluster(root / f"pg-{flavour}")
+    stack = Stack(
+        root / f"stack-{flavour}",
+        pg,
+        make_test_pki(root / f"pki-{flavour}"),
+        flavour=flavour,
+        patches=PATCHES[flavour],
+    )
+    try:
+        stack.start()
+        phone = stack.phone("alice")
+        stack.register_and_sleep(phone)
+        push_ms, relay_ms = [], []
+        for n in range(calls):
+            a, b = one_call(stack, phone, n)
+            push_ms.append(a)
+            relay_ms.append(b)
+    finally:
+        stack.stop()
+        pg.stop()
+    return {
+        "calls": calls,
+        "invite_to_push_ms": summary(push_ms[1:] or push_ms),  # call 1 pays the TLS handshake
+        "first_invite_to_push_ms": round(push_ms[0], 2),
+        "register_to_relay_ms": summary(relay_ms),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--flavours", default="allinone,default,kemi")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    root = world_readable_tempdir("pushgate-wake-bench-")
+    results = {}
+    try:
+        for flavour in args.flavours.split(","):
+            results[flavour] = run_flavour(flavour, max(2, min(args.calls, 100)), root)
+            print(flavour, json.dumps(results[flavour]), flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
