@@ -1,0 +1,158 @@
+"""kemi/ outside Kamailio, on a stand-in KSR: what the cfg sees, held calls, verdicts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit import fake_ksr
+
+fake_ksr.install()
+
+from kemi import held_calls, native, pushd_channel  # noqa: E402
+from kemi.host import KemiHost, NativeHost, Route  # noqa: E402
+from pushgate import wire  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ksr() -> Iterator[fake_ksr.FakeKSR]:
+    yield fake_ksr.reset()
+
+
+def cfg_blocks() -> set[str]:
+    text = (REPO / "pushgate.cfg").read_text()
+    return set(re.findall(r"^(?:failure_)?route\[(\w+)\]", text, re.M))
+
+
+def test_every_route_tm_calls_back_exists_as_a_native_block() -> None:
+    # tm crashes Kamailio when a failure route named from Python has no native block.
+    host = NativeHost()
+    missing = {host.route_name(r) for r in Route} - cfg_blocks()
+    assert missing == set()
+
+
+def test_every_python_exec_of_the_include_has_a_method() -> None:
+    text = (REPO / "pushgate.cfg").read_text()
+    called = set(re.findall(r'python_exec\("(\w+)"', text))
+    assert called and not {c for c in called if not callable(getattr(native.NativeEntry, c, 0))}
+
+
+def test_kemi_route_names_are_methods_of_the_mixin() -> None:
+    from kemi.api import PushgateRoutes
+
+    host = KemiHost()
+    assert all(callable(getattr(PushgateRoutes, host.route_name(r), None)) for r in Route)
+
+
+@pytest.mark.parametrize("outcome", [True, False, None, "yes", 0, RuntimeError("boom")])
+def test_python_exec_methods_never_return_zero_or_none(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch, outcome: object
+) -> None:
+    # 0 ends the whole cfg script; None poisons the next python_exec of the process.
+    entry = native.NativeEntry()
+
+    def step() -> object:
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    for name in ("cancel", "trusted", "register", "registered", "location", "branch", "reply"):
+        monkeypatch.setattr(entry.hooks, name, step)
+        rc = getattr(entry, name)(None)
+        assert rc in (1, -1), (name, rc)
+        assert rc == (-1 if outcome is False else 1) or isinstance(outcome, Exception)
+
+
+def test_a_failing_hook_logs_and_leaves_the_request_to_the_host(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = native.NativeEntry()
+
+    def broken() -> bool:
+        raise KeyError("x")
+
+    monkeypatch.setattr(entry.hooks, "location", broken)
+    assert entry.location(None) == -1  # "not handled": the host's lookup answers
+    assert any("pushgate: location:" in text for level, text in ksr.log if level == "err")
+
+
+def test_native_continuations_are_handed_to_the_cfg_one_by_one(ksr: fake_ksr.FakeKSR) -> None:
+    host = NativeHost()
+    host.continue_tx(7, 42, Route.RESUME)
+    host.continue_tx(8, 43, Route.PUSH_FAILED)
+    assert ksr.called("tmx", "t_continue") == []  # never from Python under a native cfg
+    assert host.next_continue()
+    assert (ksr.pvs["$var(pushgate_tindex)"], ksr.pvs["$var(pushgate_tlabel)"]) == (7, 42)
+    assert ksr.pvs["$var(pushgate_troute)"] == "PUSHGATE_RESUME"
+    assert host.next_continue()
+    assert ksr.pvs["$var(pushgate_troute)"] == "PUSHGATE_PUSH_FAILED"
+    assert not host.next_continue()
+
+
+def test_kemi_host_continues_directly_into_the_mixin_method(ksr: fake_ksr.FakeKSR) -> None:
+    KemiHost().continue_tx(3, 4, Route.CANCELLED)
+    assert ksr.called("tmx", "t_continue") == [(3, 4, "ksr_pushgate_cancelled")]
+
+
+HELD = held_calls.Held(aor="alice", uri="sip:alice@example.com", index=5, label=9)
+TARGET = {"provider": "apns", "prid": "ab", "param": "T.b.voip", "ruid": "r1", "instance": "i"}
+
+
+def test_a_held_call_is_found_by_aor_and_call_id_and_claimed_once(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    held_calls.hold(HELD, "call-1", 30, [TARGET])
+    assert held_calls.held_for_aor("alice") == ["5:9"]
+    assert held_calls.for_callid("call-1") == HELD
+    assert held_calls.targets(HELD) == [TARGET]
+    assert held_calls.claim("5:9")
+    assert not held_calls.claim("5:9")  # the REGISTER, CANCEL, verdict and timer race
+    assert held_calls.held_for_aor("alice") == []
+    held_calls.forget(HELD, "call-1")
+    assert held_calls.for_callid("call-1") is None and held_calls.targets(HELD) == []
+
+
+def test_two_calls_held_for_one_aor_are_kept_apart(ksr: fake_ksr.FakeKSR) -> None:
+    other = held_calls.Held(aor="alice", uri=HELD.uri, index=6, label=1)
+    held_calls.hold(HELD, "call-1", 30, [TARGET])
+    held_calls.hold(other, "call-2", 30, [TARGET])
+    assert held_calls.held_for_aor("alice") == ["5:9", "6:1"]
+    held_calls.claim("5:9")
+    assert held_calls.held_for_aor("alice") == ["6:1"]
+
+
+def result(verdict: str, n: int = 0) -> wire.Result:
+    return wire.Result(
+        hold_id=wire.HoldId(index=5, label=9, n=n),
+        verdict=verdict,
+        status=410 if verdict == "delete_token" else 200,
+        reason=None,
+        aor=HELD.uri,
+        ruid="r1",
+        ms=1.0,
+    )
+
+
+def test_a_failed_last_push_ends_the_held_call_and_a_dead_token_loses_its_binding(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    host = NativeHost()
+    held_calls.hold(HELD, "call-1", 30, [TARGET, TARGET])
+    pushd_channel.on_result(host, result("delete_token", 0))
+    assert ksr.called("registrar", "unregister_ruid") == [("location", HELD.uri, "r1")]
+    assert not host.pending  # one of two pushes still out: the call waits
+    pushd_channel.on_result(host, result("give_up", 1))
+    assert list(host.pending) == [(5, 9, Route.PUSH_FAILED)]
+    assert not held_calls.claim("5:9")  # taken by the verdict
+
+
+def test_a_delivered_push_keeps_the_call_held(ksr: fake_ksr.FakeKSR) -> None:
+    host = NativeHost()
+    held_calls.hold(HELD, "call-1", 30, [TARGET])
+    pushd_channel.on_result(host, result("delivered"))
+    assert not host.pending and held_calls.claim("5:9")
