@@ -24,7 +24,7 @@ from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pus
 from kemi.host import Host, Route
 from kemi.settings import Settings, log, reply_reason
 from pushgate import registration, setup_check, sipmsg, wake_token
-from pushgate.decision import Action, Binding, decide
+from pushgate.decision import Action, Binding, decide, woke_on
 
 # Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
 REQUIRED_MODULES = (
@@ -187,10 +187,9 @@ class Hooks:
         else:
             check = self.check_register(contacts)
         self._register = None
-        if not check.adds_binding:
-            return
-        aor, _ = ksr_bindings.fetch(to_aor())
-        if not aor:
+        aor, bindings = ksr_bindings.fetch(to_aor())
+        conid = int(KSR.pv.get("$conid") or 0)
+        if not aor or not woke_on(bindings, conid, check.adds_binding):
             return
         # Calls already ringing elsewhere get it as a new branch (tsilo) ...
         if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
@@ -247,8 +246,10 @@ class Hooks:
             return False
         if not KSR.is_INVITE() or not decision.push:
             return False
-        # From here on the INVITE is stateful: pushes are bound to its transaction.
-        KSR.tm.t_newtran()
+        # From here on the INVITE is stateful: pushes are bound to its transaction. A
+        # retransmission of an INVITE already held is absorbed by tm: push nothing twice.
+        if KSR.tm.t_newtran() == 0:
+            return True
         held = current_held(aor, uri)
         if decision.action is Action.RELAY:
             self.push_while_ringing(held, decision.push)

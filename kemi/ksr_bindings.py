@@ -50,6 +50,7 @@ def fetch(aor: str) -> tuple[str, list[Binding]]:
                     alive=flow_alive(transport, conid, is_open),
                     push=push,
                     target=received or uri,
+                    conid=max(conid, 0),
                 )
             )
         return key, out

@@ -59,7 +59,8 @@ class Router(PushgateRoutes):
         if KSR.tmx.t_precheck_trans() > 0:
             KSR.tm.t_check_trans()
             return OK
-        KSR.tm.t_check_trans()
+        if KSR.tm.t_check_trans() == 0:
+            return OK  # a retransmission, absorbed by tm
         if KSR.is_REGISTER():
             self.route_register()
             return OK

@@ -93,8 +93,11 @@ def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: s
     deadline = time.time() + settings.notice_ttl
     _, bindings = ksr_bindings.fetch(held.uri)
     awake = {b.instance for b in bindings if b.alive}
+    # A binding removed meanwhile (un-REGISTER, token the provider called dead) gets
+    # nothing more.
+    current = {b.ruid for b in bindings}
     for n, dest in enumerate(held_calls.targets(held)):
-        if dest["instance"] not in awake:
+        if dest["instance"] not in awake and dest["ruid"] in current:
             send(held, n, dest, kind, deadline, data)
 
 

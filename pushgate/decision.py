@@ -33,6 +33,8 @@ class Binding:
     push: PushParams | None
     target: str = ""
     """Where a request for this binding goes: its ``received`` flow address, else its URI."""
+    conid: int = 0
+    """Kamailio's id of the binding's TCP/TLS/WS connection (0: none known)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,3 +89,15 @@ def transport_of(socket: str, received: str, uri: str) -> str:
             if name.strip().lower() == "transport" and value:
                 return value.strip().lower()
     return "udp"
+
+
+def woke_on(bindings: list[Binding], conid: int, requested: bool) -> bool:
+    """Whether a REGISTER that arrived on connection ``conid`` left a live binding there.
+
+    Taken from what usrloc did, not from what the REGISTER asked: an un-REGISTER whose
+    Contact matched nothing leaves no binding on the connection. Without a connection
+    (UDP) it falls back to the request (``requested``: a Contact with a non-zero expiry).
+    """
+    if conid > 0:
+        return any(b.alive and b.conid == conid for b in bindings)
+    return requested and bool(bindings)

@@ -25,19 +25,15 @@ class RegisterCheck:
 
 def contact_expires(contact: str, expires_header: int | None) -> int | None:
     """Requested expiry of one Contact value: its ``expires`` param, else the Expires header."""
-    tail = contact.split(">", 1)[1] if ">" in contact else ""
-    for part in tail.split(";"):
-        name, _, value = part.partition("=")
-        value = value.strip()
-        # isascii too: "²" is a digit to isdigit() but not to int().
-        if name.strip().lower() == "expires" and value.isascii() and value.isdigit():
-            return int(value)
+    value = sipmsg.contact_params(contact).get("expires", "")
+    # isascii too: "²" is a digit to isdigit() but not to int().
+    if value.isascii() and value.isdigit():
+        return int(value)
     return expires_header
 
 
 def has_contact_param(contact: str, name: str) -> bool:
-    tail = contact.split(">", 1)[1] if ">" in contact else ""
-    return any(p.split("=", 1)[0].strip().lower() == name for p in tail.split(";"))
+    return name.lower() in sipmsg.contact_params(contact)
 
 
 def check_register(

@@ -30,11 +30,44 @@ def split_header_values(value: str) -> list[str]:
 
 
 def contact_uri(contact: str) -> str:
-    """The URI of one Contact value (``"Bob" <sip:b@h;x>;expires=5`` -> ``sip:b@h;x``)."""
+    """The URI of one Contact value (``"Bob" <sip:b@h;x>;expires=5`` -> ``sip:b@h;x``).
+
+    Without angle brackets everything after the first ``;`` belongs to the header, not
+    the URI (RFC 3261 §20.10): ``sip:b@h;expires=0`` is ``sip:b@h`` plus a header param.
+    """
+    return _split_contact(contact)[0]
+
+
+def contact_params(contact: str) -> dict[str, str]:
+    """The header parameters of one Contact value, names lower-cased, quotes kept.
+
+    ``<sip:b@h;transport=tcp>;expires=0;+sip.instance="<urn:uuid:1>"`` and
+    ``sip:b@h;expires=0`` both give ``expires`` -> ``0``; a URI parameter inside ``<...>``
+    is never a header parameter. A parameter without a value maps to "".
+    """
+    params: dict[str, str] = {}
+    for part in _PARAM_SPLIT.split(_split_contact(contact)[1]):
+        name, _, value = part.partition("=")
+        if name.strip():
+            params.setdefault(name.strip().lower(), value.strip())
+    return params
+
+
+def _split_contact(contact: str) -> tuple[str, str]:
+    """(URI, header parameters after it without the leading ``;``)."""
     contact = contact.strip()
-    if "<" in contact:
-        return contact.split("<", 1)[1].split(">", 1)[0].strip()
-    return _PARAM_SPLIT.split(contact, 1)[0].strip() if contact.startswith("sip") else contact
+    rest = contact
+    if rest.startswith('"'):  # a quoted display name may hold ';' and '<'
+        end = re.search(r'(?<!\\)"', rest[1:])
+        rest = rest[end.end() + 1 :] if end else ""
+    lt, semi = rest.find("<"), rest.find(";")
+    if lt != -1 and (semi == -1 or lt < semi):
+        uri, _, tail = rest[lt + 1 :].partition(">")
+        return uri.strip(), tail.strip().lstrip(";")
+    if not contact.lower().startswith(("sip:", "sips:")):
+        return contact, ""
+    uri, _, tail = contact.partition(";")
+    return uri.strip(), tail
 
 
 def aor_of(user: str, domain: str) -> str:

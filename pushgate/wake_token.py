@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import secrets
 
+from pushgate import sipmsg
+
 HEADER = "Pushgate-Wake"
 PAYLOAD_KEY = "wake_token"
 
@@ -33,12 +35,7 @@ def normalise_instance(instance: str) -> str:
 
 def contact_instance(contact: str) -> str:
     """The ``+sip.instance`` of one Contact header value, or ""."""
-    tail = contact.split(">", 1)[1] if ">" in contact else ""
-    for part in tail.split(";"):
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "+sip.instance":
-            return normalise_instance(value)
-    return ""
+    return normalise_instance(sipmsg.contact_params(contact).get("+sip.instance", ""))
 
 
 def looks_like_token(value: str) -> bool:

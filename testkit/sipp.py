@@ -105,6 +105,9 @@ def start(
         "127.0.0.1",
         "-p",
         str(local_port or free_port()),
+        # Each SIPp its own media port: phones started together must not all bind 6000.
+        "-mp",
+        str(free_port()),
         "-m",
         str(calls),
         "-nostdin",

@@ -347,14 +347,17 @@ class Stack:
         label: str | None = None,
         password: str | None = None,
         wake_token: str | None = None,
+        answer_late: bool = False,
     ) -> sipp.SippRun:
         """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
 
-        ``answer``: answer one call then stop SIPp (exit 97); ``many``: answer every call;
-        ``ring``: ring until CANCELled, then stop SIPp.
+        ``answer``: answer one call then stop SIPp (exit 97); ``answer_late``: the same,
+        500 ms after ringing; ``many``: answer every call; ``ring``: ring until
+        CANCELled, then stop SIPp.
         """
         ring_only = "phone_ring" if ring else "phone_take_message" if take_message else None
-        ooc = "phone_answer_many" if many else "phone_answer" if answer else ring_only
+        answering = "phone_answer_late" if answer_late else "phone_answer" if answer else None
+        ooc = "phone_answer_many" if many else answering or ring_only
         port = free_port()
         extra = {"wake_token": wake_token} if wake_token else {}
         if self.tls:

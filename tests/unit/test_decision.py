@@ -63,3 +63,26 @@ def test_expired_is_absolute_and_zero_is_permanent() -> None:
     assert expired(100, now=100.0)
     assert not expired(101, now=100.0)
     assert not expired(0, now=100.0)
+
+
+def test_a_register_wakes_the_device_only_if_usrloc_kept_a_binding_on_its_connection() -> None:
+    from pushgate.decision import Binding, woke_on
+
+    def b(conid: int, alive: bool = True) -> Binding:
+        return Binding(
+            ruid="r",
+            uri="sip:a@h",
+            instance="i",
+            transport="tcp",
+            alive=alive,
+            push=None,
+            conid=conid,
+        )
+
+    assert woke_on([b(7)], conid=7, requested=False)
+    # An un-REGISTER whose Contact matched nothing: the old binding is on another flow.
+    assert not woke_on([b(3, alive=False)], conid=7, requested=True)
+    assert not woke_on([], conid=7, requested=True)
+    # UDP: no connection to look at, the request decides.
+    assert woke_on([b(0)], conid=0, requested=True)
+    assert not woke_on([b(0)], conid=0, requested=False)

@@ -82,3 +82,9 @@ def test_expires_param_with_non_ascii_digits_is_ignored_like_any_other_garbage()
     for garbage in ("abc", "\u00b2", "1\u00b2"):
         assert check(contact(APNS, f";expires={garbage}")).status == 200
     assert check(contact(APNS, ";expires=\u00b2"), expires=60).status == 423
+
+
+def test_unregister_without_angle_brackets_adds_no_binding() -> None:
+    bare = f"sip:alice@192.0.2.1:5060;transport=tcp;expires=0{APNS}"
+    assert not check(bare, expires=None).adds_binding
+    assert check(f"sip:alice@192.0.2.1:5060;expires=600{APNS}", expires=None).adds_binding

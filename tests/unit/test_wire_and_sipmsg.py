@@ -62,3 +62,20 @@ def test_split_contacts_respects_quotes_and_brackets() -> None:
 
 def test_warning_header_is_quoted_safely() -> None:
     assert sipmsg.warning('pn-prid: bad "x"') == "Warning: 399 pushgate \"pn-prid: bad 'x'\""
+
+
+def test_contact_without_angle_brackets_has_header_params_not_uri_params() -> None:
+    # RFC 3261 §20.10: without <>, what follows the URI's first ';' belongs to the header.
+    c = 'sip:alice@127.0.0.1:5070;transport=tcp;expires=0;+sip.instance="<urn:uuid:1>"'
+    assert sipmsg.contact_uri(c) == "sip:alice@127.0.0.1:5070"
+    assert sipmsg.contact_params(c) == {
+        "transport": "tcp",
+        "expires": "0",
+        "+sip.instance": '"<urn:uuid:1>"',
+    }
+
+
+def test_contact_params_after_angle_brackets_only() -> None:
+    c = '"A;b <c>" <sip:a@h;expires=9;ob>;Expires=0;+sip.pnsreg'
+    assert sipmsg.contact_uri(c) == "sip:a@h;expires=9;ob"
+    assert sipmsg.contact_params(c) == {"expires": "0", "+sip.pnsreg": ""}

@@ -1,0 +1,109 @@
+"""Defects a public SIP service meets on its first day, each pinned on the real stack."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from testkit import sipp
+from testkit.procs import free_port, wait_until
+from testkit.stack import DOMAIN, Stack
+
+pytestmark = pytest.mark.e2e
+
+MakeStack = Callable[..., Stack]
+
+
+def invite(callee: str, port: int, sip_port: int) -> bytes:
+    call_id = uuid.uuid4().hex
+    return (
+        f"INVITE sip:{callee}@{DOMAIN} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id[:12]};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:bob@{DOMAIN}>;tag=1\r\n"
+        f"To: <sip:{callee}@{DOMAIN}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:bob@127.0.0.1:{port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_a_retransmitted_invite_pushes_once(make_stack: MakeStack) -> None:
+    # A caller whose 100 Trying was lost sends the same INVITE again.
+    stack = make_stack(hold_timeout=3)
+    phone = stack.phone("alice")
+    stack.register_and_sleep(phone)
+    port = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", port))
+        udp.settimeout(6)
+        message = invite("alice", port, stack.kamailio.sip_port)
+        udp.sendto(message, ("127.0.0.1", stack.kamailio.sip_port))
+        assert stack.apns is not None
+        stack.apns.wait_for_pushes(1, timeout=5)
+        udp.sendto(message, ("127.0.0.1", stack.kamailio.sip_port))
+        finals = []
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline and not finals:
+            status = udp.recv(65535).decode(errors="replace").split()[1]
+            if not status.startswith("1"):
+                finals.append(status)
+    assert finals == ["480"]
+    pushes = stack.apns.wait_for_pushes(2, timeout=5)
+    assert [p.push_type for p in pushes] == ["voip", "alert"]  # the call, then "missed"
+    assert len([e for e in stack.events("push_request") if e.get("kind") == "call"]) == 1
+
+
+def test_an_unregister_without_angle_brackets_does_not_end_a_held_call(
+    make_stack: MakeStack,
+) -> None:
+    # Without <>, ";expires=0" is a header param: usrloc matches no binding (the URI
+    # differs) and keeps the old one; the call must stay held, not end at once.
+    stack = make_stack(hold_timeout=4)
+    phone = stack.phone("bob")
+    stack.register_and_sleep(phone)
+    started = time.monotonic()
+    caller = stack.call("bob", expect_answer=False)
+    assert stack.apns is not None
+    stack.apns.wait_for_pushes(1, timeout=5)
+    port = free_port()
+    unregister = sipp.start(
+        "phone_unregister_bare",
+        target_port=stack.kamailio.sip_port,
+        logdir=stack.logs,
+        transport="t1",
+        local_port=port,
+        keys={**phone.keys(), "contact_hostport": f"127.0.0.1:{port}"},
+        auth=(phone.user, phone.password),
+        label="unregister-bare",
+    )
+    assert unregister.wait(10) == 0, unregister.output()[-2000:]
+    assert caller.wait(15) == 0, caller.output()[-2000:]
+    code, reason = caller.final_response()
+    assert (code, "did not wake" in reason) == (480, True), reason
+    assert time.monotonic() - started >= 3.5
+    assert stack.events("resume") == []
+    assert len(stack.bindings("bob")) == 1
+
+
+def test_no_notice_goes_to_a_token_the_provider_called_dead(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    iphone, desk = stack.phone("carol", n=1), stack.phone("carol", n=2)
+    stack.register_and_sleep(iphone)
+    assert stack.apns is not None
+    stack.apns.script(iphone.token, 410, "Unregistered")
+    # The desk answers after APNs has called the iPhone's token dead.
+    desk_run = stack.register(desk, keep_open_ms=15000, answer_late=True, label="desk")
+    wait_until(lambda: len(stack.bindings("carol")) == 2, 10, "two bindings")
+    caller = stack.call("carol", expect_answer=True)
+    assert caller.wait(20) == 0, caller.output()[-2000:]
+    assert desk_run.wait(10) == 97
+    assert [e["verdict"] for e in stack.events("push_result")] == ["delete_token"]
+    assert len(stack.bindings("carol")) == 1
+    # The call push only: no "answered elsewhere" to the token APNs said is gone.
+    assert [p.push_type for p in stack.apns.pushes if p.token == iphone.token] == ["voip"]
