@@ -19,6 +19,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cancel_held": ("held_calls", ("=cancelled",)),
     "push_unavailable": ("held_calls", ("=pushd_unavailable",)),
     "wake_token": ("wake_tokens", ("accepted",)),
+    "push_resent": ("pushes_resent", ()),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")
@@ -31,7 +32,9 @@ def observe(event: str, fields: dict[str, object]) -> None:
     name, label_specs = spec
     labels = [s[1:] if s.startswith("=") else str(fields.get(s, "")) for s in label_specs]
     metric = f"pushgate_{name}_total"
-    if len(labels) == 1:
+    if not labels:
+        KSR.xhttp_prom.counter_inc_l0(metric, int(str(fields.get("count", 1))))
+    elif len(labels) == 1:
         KSR.xhttp_prom.counter_inc_l1(metric, 1, labels[0])
     else:
         KSR.xhttp_prom.counter_inc_l2(metric, 1, labels[0], labels[1])

@@ -54,15 +54,22 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
         KSR.err("pushgate: pushd hello with a wrong secret, closing\n")
         KSR.evapi.close()
         return
+    alone = not pushing.pushd_connected()
     KSR.evapi.set_tag("pushd")
     KSR.htable.sht_seti(pushing.PUSHD, "c" + conidx, 1)
     metrics.pushd_connected(True)
     KSR.evapi.relay_unicast(wire.control_message("welcome", version=wire.VERSION), "pushd")
     log("pushd_connected", conidx=conidx, agent=message.get("agent", "?"))
+    if alone:
+        # Pushes the previous pushd took along unanswered (killed, hung and closed).
+        resent = pushing.resend_outbox()
+        if resent:
+            log("push_resent", count=resent)
 
 
 def on_result(host: Host, result: wire.Result) -> None:
     hid = result.hold_id
+    KSR.htable.sht_rm(pushing.OUTBOX, str(hid))
     log(
         "push_result",
         id=hid,

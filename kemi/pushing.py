@@ -16,6 +16,9 @@ from pushgate.decision import Binding
 WAKE_TOKENS = "pushgate_waketok"
 RINGING = "pushgate_ringing"
 PUSHD = "pushgate_pushd"
+# Call push requests without a verdict yet ("<index>:<label>:<n>" -> message, until the
+# hold deadline): a pushd that dies with them unread must not take them along.
+OUTBOX = "pushgate_outbox"
 
 
 def target(b: Binding) -> dict[str, str]:
@@ -68,6 +71,8 @@ def send(
         deadline=deadline,
         data=data,
     )
+    if kind == "call":
+        KSR.htable.sht_setxs(OUTBOX, str(hold_id), message, max(1, int(deadline - time.time())))
     rc = KSR.evapi.relay_multicast(message, "pushd")
     log("push_request", kind=kind, aor=held.aor, callid=data["call_id"], id=hold_id, rc=rc)
 
@@ -109,3 +114,21 @@ def store_ringing(aor: str) -> None:
 
 def pushd_connected() -> bool:
     return bool(KSR.htable.sht_match_name(PUSHD, "sw", "c") > 0)
+
+
+def resend_outbox() -> int:
+    """Send every call push still without a verdict again (to a pushd that just connected
+    while no other was); how many. A pushd that died after sending a push and before
+    answering makes that push go out twice: the price of losing none."""
+    sent = 0
+    if KSR.htable.sht_iterator_start("pgout", OUTBOX) < 0:
+        return 0
+    try:
+        while KSR.htable.sht_iterator_next("pgout") > 0:
+            message = KSR.pv.get("$shtitval(pgout)")
+            if message:
+                KSR.evapi.relay_multicast(str(message), "pushd")
+                sent += 1
+    finally:
+        KSR.htable.sht_iterator_end("pgout")
+    return sent

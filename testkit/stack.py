@@ -301,6 +301,13 @@ class Stack:
             stop(self.pushd_proc)
             self.pushd_proc = None
 
+    def kill_pushd(self) -> None:
+        """SIGKILL: gone without a word, as in a crash (a paused pushd too)."""
+        assert self.pushd_proc is not None
+        os.killpg(self.pushd_proc.pid, signal.SIGKILL)
+        self.pushd_proc.wait(5)
+        self.pushd_proc = None
+
     def pause_pushd(self) -> None:
         """SIGSTOP: pushd hangs with its connection open."""
         assert self.pushd_proc is not None

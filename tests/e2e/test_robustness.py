@@ -107,3 +107,26 @@ def test_no_notice_goes_to_a_token_the_provider_called_dead(make_stack: MakeStac
     assert len(stack.bindings("carol")) == 1
     # The call push only: no "answered elsewhere" to the token APNs said is gone.
     assert [p.push_type for p in stack.apns.pushes if p.token == iphone.token] == ["voip"]
+
+
+def test_pushes_a_killed_pushd_left_unread_are_sent_by_the_next_one(make_stack: MakeStack) -> None:
+    stack = make_stack(hold_timeout=20)
+    phones = [stack.phone(f"user{i}") for i in range(3)]
+    for phone in phones:
+        stack.register_and_sleep(phone)
+    woken = [stack.wake_on_push(phone) for phone in phones]
+    stack.pause_pushd()  # hung: the push requests pile up unread in its socket
+    callers = [stack.call(p.user, expect_answer=True, label=f"c-{p.user}") for p in phones]
+    wait_until(lambda: stack.count_events("push_request") == 3, 10, "three push requests")
+    stack.kill_pushd()
+    assert stack.apns is not None and stack.apns.pushes == []
+    reconnect = time.monotonic()
+    stack.start_pushd()
+    stack.apns.wait_for_pushes(3, timeout=5)
+    assert time.monotonic() - reconnect < 3
+    assert sorted(p.token for p in stack.apns.pushes) == sorted(p.token for p in phones)
+    assert [e["count"] for e in stack.events("push_resent")] == ["3"]
+    for caller in callers:
+        assert caller.wait(20) == 0, caller.output()[-2000:]
+    assert all(len(w) == 1 for w in woken)
+    assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
