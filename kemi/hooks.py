@@ -23,7 +23,7 @@ import KSR
 from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
 from kemi.host import Host, Route
 from kemi.settings import Settings, log, reply_reason
-from pushgate import registration, setup_check, sipmsg, wake_token
+from pushgate import flood, registration, setup_check, sipmsg, wake_token
 from pushgate.decision import Action, Binding, decide, woke_on
 
 # Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
@@ -191,6 +191,7 @@ class Hooks:
         conid = int(KSR.pv.get("$conid") or 0)
         if not aor or not woke_on(bindings, conid, check.adds_binding):
             return
+        pushing.landed([b.ruid for b in bindings if b.alive])
         # Calls already ringing elsewhere get it as a new branch (tsilo) ...
         if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
             KSR.tsilo.ts_append_by_contact("location", to_aor())
@@ -251,11 +252,31 @@ class Hooks:
         if KSR.tm.t_newtran() == 0:
             return True
         held = current_held(aor, uri)
+        plan = self.flood_plan(held, decision.push)
+        pushed = tuple(b for b in decision.push if b.ruid in plan.push)
         if decision.action is Action.RELAY:
-            self.push_while_ringing(held, decision.push)
+            self.push_while_ringing(held, pushed)
             return False
-        self.push_and_hold(held, decision.push)
+        if plan.reject is not None:
+            code, phrase, why = plan.reject
+            log("push_limited", aor=aor, callid=KSR.pv.get("$ci"), status=code)
+            reply_reason(code, phrase, why)
+            return True
+        if plan.coalesced:
+            log("push_coalesced", aor=aor, callid=KSR.pv.get("$ci"), devices=len(plan.coalesced))
+        self.push_and_hold(held, pushed)
         return True
+
+    def flood_plan(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> flood.Plan:
+        ruids = [b.ruid for b in asleep]
+        return flood.plan(
+            ruids,
+            held_for_aor=len(held_calls.held_for_aor(held.aor)),
+            caller_recent=pushing.recent(f"c:{pushing.caller_key(held)}"),
+            device_recent={r: pushing.recent(f"d:{r}") for r in ruids},
+            in_flight=pushing.in_flight(ruids),
+            limits=self.settings.limits,
+        )
 
     def _unknown(self, resuming: bool) -> bool:
         if resuming:
@@ -271,7 +292,9 @@ class Hooks:
         pushing.send_calls(self.settings, held, dests)
 
     def push_and_hold(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
-        if not pushing.pushd_connected():
+        """Hold the INVITE; push ``asleep`` (none: their pushes for an earlier call are
+        still in flight, the same wake-up releases this call too)."""
+        if asleep and not pushing.pushd_connected():
             log("push_unavailable", aor=held.aor, callid=KSR.pv.get("$ci"))
             reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
             return

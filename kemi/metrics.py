@@ -20,6 +20,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "push_unavailable": ("held_calls", ("=pushd_unavailable",)),
     "wake_token": ("wake_tokens", ("accepted",)),
     "push_resent": ("pushes_resent", ()),
+    "push_limited": ("held_calls", ("=push_limited",)),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")

@@ -81,6 +81,8 @@ def on_result(host: Host, result: wire.Result) -> None:
     if result.verdict == "delete_token" and result.aor and result.ruid:
         KSR.registrar.unregister_ruid("location", result.aor, result.ruid)
         log("binding_removed", aor=result.aor, ruid=result.ruid)
+    if result.verdict != "delivered" and result.ruid:
+        pushing.landed([result.ruid])  # not woken by this push: the next call may push
     if result.verdict == "delivered" or not held_calls.push_failed(hid.tx_key):
         return
     # Every push for this call failed for good: end it now rather than at the deadline.

@@ -19,6 +19,10 @@ PUSHD = "pushgate_pushd"
 # Call push requests without a verdict yet ("<index>:<label>:<n>" -> message, until the
 # hold deadline): a pushd that dies with them unread must not take them along.
 OUTBOX = "pushgate_outbox"
+# Push flood limits (pushgate/flood.py): "d:<ruid>" / "c:<caller>|<aor>" -> call pushes in
+# the window; devices with a call push in flight: ruid -> 1 until woken or the deadline.
+RATE = "pushgate_rate"
+IN_FLIGHT = "pushgate_inflight"
 
 
 def target(b: Binding) -> dict[str, str]:
@@ -79,8 +83,44 @@ def send(
 
 def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, str]]) -> None:
     deadline = time.time() + settings.hold_timeout
+    window = settings.limits.window
     for n, dest in enumerate(dests):
         send(held, n, dest, "call", deadline, call_data(held))
+        KSR.htable.sht_setxi(IN_FLIGHT, dest["ruid"], 1, settings.hold_timeout)
+        count(f"d:{dest['ruid']}", window)
+    if dests:
+        count(f"c:{caller_key(held)}", window)
+
+
+def caller_key(held: held_calls.Held) -> str:
+    return f"{KSR.pv.get('$fu')}|{held.aor}"
+
+
+def recent(key: str) -> int:
+    """Call pushes counted under ``key`` in the current window."""
+    return int(KSR.htable.sht_get(RATE, key) or 0)
+
+
+def count(key: str, window: int) -> None:
+    # The first push of a window sets its expiry; later ones only add to it.
+    KSR.htable.sht_lock(RATE, key)
+    try:
+        if KSR.htable.sht_get(RATE, key) is None:
+            KSR.htable.sht_setxi(RATE, key, 1, window)
+        else:
+            KSR.htable.sht_inc(RATE, key)
+    finally:
+        KSR.htable.sht_unlock(RATE, key)
+
+
+def in_flight(ruids: list[str]) -> set[str]:
+    return {r for r in ruids if KSR.htable.sht_get(IN_FLIGHT, r) is not None}
+
+
+def landed(ruids: list[str]) -> None:
+    """These devices woke (or their push ended): the next call may push them again."""
+    for ruid in ruids:
+        KSR.htable.sht_rm(IN_FLIGHT, ruid)
 
 
 def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: str = "") -> None:

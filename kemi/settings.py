@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import KSR
 
 from kemi import metrics
+from pushgate.flood import Limits
 
 
 def define(name: str, default: str) -> str:
@@ -34,6 +35,7 @@ class Settings:
     cancel_grace: int
     msg_preview: bool
     metrics_allow: frozenset[str]
+    limits: Limits
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -51,6 +53,12 @@ class Settings:
                 ip.strip()
                 for ip in define("PUSHGATE_METRICS_ALLOW", "127.0.0.1").split(",")
                 if ip.strip()
+            ),
+            limits=Limits(
+                max_held=define_int("PUSHGATE_MAX_HELD", 4),
+                device_pushes=define_int("PUSHGATE_DEVICE_PUSHES", 6),
+                caller_pushes=define_int("PUSHGATE_CALLER_PUSHES", 3),
+                window=define_int("PUSHGATE_PUSH_WINDOW", 60),
             ),
         )
 

@@ -90,6 +90,7 @@ def start(
     calls: int = 1,
     local_port: int | None = None,
     pause_ms: int = 0,
+    rate: int = 10,
 ) -> SippRun:
     """Start SIPp in the background; ``wait()`` returns its exit code (0 = all calls passed)."""
     logdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ def start(
         str(free_port()),
         "-m",
         str(calls),
+        "-r",
+        str(rate),
         "-nostdin",
         "-trace_msg",
         "-message_file",

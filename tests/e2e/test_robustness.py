@@ -130,3 +130,35 @@ def test_pushes_a_killed_pushd_left_unread_are_sent_by_the_next_one(make_stack: 
         assert caller.wait(20) == 0, caller.output()[-2000:]
     assert all(len(w) == 1 for w in woken)
     assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
+
+
+def test_an_invite_flood_to_a_sleeping_user_pushes_once_and_spares_other_users(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack(hold_timeout=3)
+    victim, other = stack.phone("dora"), stack.phone("eric")
+    stack.register_and_sleep(victim)
+    stack.register_and_sleep(other)
+    flood = sipp.start(
+        "caller_fail",
+        target_port=stack.kamailio.sip_port,
+        logdir=stack.logs,
+        keys={"domain": DOMAIN, "callee": "dora", "caller_domain": DOMAIN},
+        calls=40,
+        rate=40,
+        label="flood",
+    )
+    assert flood.wait(30) == 0, flood.output()[-2000:]
+    assert stack.apns is not None
+    # One VoIP push (every later call waits for its wake-up or is turned away at once),
+    # one missed-call alert for the call that pushed: not 40 of each.
+    stack.apns.wait_for_pushes(2, timeout=5)
+    to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
+    assert sorted(to_victim) == ["alert", "voip"]
+    finals = [m.splitlines()[0] for m in flood.received() if m.startswith("SIP/2.0 4")]
+    assert sum(" 486 " in f for f in finals) >= 30  # answered at once: too many waiting
+    assert stack.count_events("push_limited") >= 30
+    # Another user is pushed as usual.
+    caller = stack.call("eric", expect_answer=False, label="eric")
+    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert [p.push_type for p in stack.apns.pushes if p.token == other.token][:1] == ["voip"]
