@@ -18,6 +18,8 @@ from kemi.settings import define, log
 
 # KEMI return code: continue / done.
 OK = 1
+# auth_check: "generic error" (among them: the subscriber table could not be read).
+AUTH_ERROR = -1
 
 
 def mod_init() -> Router:
@@ -104,6 +106,12 @@ class Router(PushgateRoutes):
     def route_register(self) -> None:
         if self.reg_auth and not pushgate.trusted():
             rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
+            if rc == AUTH_ERROR and KSR.hdr.is_present("Authorization") > 0:
+                # Credentials given but not checkable (database down): not "wrong password".
+                KSR.hdr.append_to_reply("Retry-After: 10\r\n")
+                KSR.sl.send_reply(503, "Service Unavailable")
+                log("register_unverified", aor=f"sip:{KSR.pv.get('$tU')}@{self.domain}")
+                return
             if rc < 0:
                 KSR.auth.auth_challenge(self.domain, 0)
                 log("register_challenged", aor=f"sip:{KSR.pv.get('$tU')}@{self.domain}", rc=rc)
@@ -125,15 +133,17 @@ class Router(PushgateRoutes):
             KSR.sl.send_reply(403, "Relaying Forbidden")
             return OK
         KSR.pv.sets("$rd", self.domain)
-        aor = f"sip:{KSR.pv.get('$rU')}@{self.domain}"
-        if KSR.auth_db.is_subscriber(aor, "subscriber", 3) < 0:
-            KSR.sl.send_reply(404, "Not Found")
-            return OK
+        # Bindings first (usrloc's memory): a registered device is reached even while the
+        # database is down; only a user without any is looked up there.
         if pushgate.location():
             return OK
         if KSR.registrar.lookup("location") < 0:
+            aor = f"sip:{KSR.pv.get('$rU')}@{self.domain}"
             KSR.tm.t_newtran()
-            KSR.sl.send_reply(480, "Temporarily Unavailable")
+            if KSR.auth_db.is_subscriber(aor, "subscriber", 3) < 0:
+                KSR.sl.send_reply(404, "Not Found")
+            else:
+                KSR.sl.send_reply(480, "Temporarily Unavailable")
             return OK
         KSR.tm.t_on_branch("ksr_branch_route")
         KSR.tm.t_on_reply("ksr_onreply_route")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from testkit import sipp
+from testkit.certs import TestPki
+from testkit.postgres import start_cluster
 from testkit.procs import free_port, wait_until
-from testkit.stack import DOMAIN, Stack
+from testkit.stack import DOMAIN, Stack, world_readable_tempdir
 
 pytestmark = pytest.mark.e2e
 
@@ -162,3 +166,39 @@ def test_an_invite_flood_to_a_sleeping_user_pushes_once_and_spares_other_users(
     caller = stack.call("eric", expect_answer=False, label="eric")
     assert caller.wait(10) == 0, caller.output()[-2000:]
     assert [p.push_type for p in stack.apns.pushes if p.token == other.token][:1] == ["voip"]
+
+
+def test_database_down_gives_honest_answers_and_service_comes_back(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    # Its own PostgreSQL: this test stops it.
+    pg_root = world_readable_tempdir("pushgate-pg-down-")
+    pg = start_cluster(pg_root / "cluster")
+    stack = Stack(tmp_path / "stack", pg, pki, hold_timeout=5)
+    try:
+        stack.start()
+        phone = stack.phone("fred")
+        stack.register_and_sleep(phone)
+        pg.stop()
+        # Valid credentials that cannot be checked: 503 + Retry-After, not "wrong password".
+        run = stack.register(phone)
+        run.wait(15)
+        statuses = [m.splitlines()[0] for m in run.received() if m.startswith("SIP/2.0")]
+        assert statuses[-1] == "SIP/2.0 503 Service Unavailable", statuses
+        assert "Retry-After: 10" in run.received()[-1]
+        # A registered, sleeping phone is still pushed from usrloc's memory.
+        woken = stack.wake_on_push(phone)
+        caller = stack.call("fred", expect_answer=False, label="during-outage")
+        assert caller.wait(15) == 0, caller.output()[-2000:]
+        assert stack.apns is not None and stack.apns.pushes[0].token == phone.token
+        assert caller.final_response()[0] != 404
+        for run in woken:
+            run.stop()
+        pg.start()
+        # Back without restarting anything: registrations and calls work again.
+        stack.register_and_sleep(phone)
+        assert len(stack.bindings("fred")) == 1
+    finally:
+        stack.stop()
+        pg.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
