@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +26,28 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
                     continue
             return port
     raise RuntimeError("no free port found")
+
+
+def free_udp_block(size: int = 4, host: str = "127.0.0.1") -> int:
+    """The first of ``size`` consecutive UDP ports free right now, below the kernel's
+    ephemeral range (so no port another process got from the kernel falls in it):
+    SIPp binds its media port and the ones above it for RTCP and video."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - size, 2)
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(udp)
+                udp.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for udp in sockets:
+                udp.close()
+        return base
+    raise RuntimeError("no free block of UDP ports found")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.02) -> None:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testkit.procs import free_port, stop
+from testkit.procs import free_port, free_udp_block, stop
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "tests" / "scenarios"
@@ -108,7 +108,7 @@ def start(
         str(local_port or free_port()),
         # Each SIPp its own media port: phones started together must not all bind 6000.
         "-mp",
-        str(free_port()),
+        str(free_udp_block()),
         "-m",
         str(calls),
         "-r",
