@@ -378,8 +378,12 @@ class Hooks:
         reply_reason(480, "Temporarily Unavailable", "Push notification failed")
 
     def message_failed(self) -> None:
-        """The live device did not take the MESSAGE: store it instead."""
+        """The live device did not take the MESSAGE: store it instead (one from msilo's
+        store stays there, for the next REGISTER)."""
         uri = sipmsg.aor_of(str(KSR.pv.get("$rU")), str(KSR.pv.get("$rd")))
+        if messages.from_message_store():
+            messages.still_stored(self.settings, uri)
+            return
         aor, bindings = ksr_bindings.fetch(uri)
         asleep = tuple(b for b in bindings if not b.alive and b.push)
         messages.store(self.settings, held_calls.Held(aor=aor, uri=uri, index=0, label=0), asleep)

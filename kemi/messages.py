@@ -13,6 +13,10 @@ from pushgate.decision import Binding
 # msilo adds this header to the messages it sends back out (pushgate.cfg extra_hdrs).
 STORED_MARKER = "X-Pushgate-Stored"
 PREVIEW_CHARS = 80
+# htables: AoRs with messages in msilo's store; AoRs whose store was looked at since
+# Kamailio started. A REGISTER queries the database only for the first or for those.
+STORED = "pushgate_stored"
+CHECKED = "pushgate_msgchecked"
 
 
 def from_message_store() -> bool:
@@ -35,7 +39,9 @@ def route(
         # A stored message on its way out after a REGISTER: only a live flow will do;
         # otherwise msilo keeps it for the next REGISTER.
         if live:
+            KSR.tm.t_on_failure(failure_route)
             return False
+        still_stored(settings, held.uri)
         KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
         return True
     # Stateful from here: retransmissions must not store the message twice.
@@ -51,6 +57,7 @@ def store(settings: Settings, held: held_calls.Held, asleep: tuple[Binding, ...]
     if KSR.msilo.mstore_uri(held.uri) < 0:
         KSR.tm.t_reply(500, "Could Not Store Message")
         return
+    still_stored(settings, held.uri)
     KSR.tm.t_reply(202, "Accepted")
     callid = str(KSR.pv.get("$ci"))
     log("message_stored", aor=held.aor, callid=callid, pushed=len(asleep))
@@ -62,6 +69,19 @@ def store(settings: Settings, held: held_calls.Held, asleep: tuple[Binding, ...]
         pushing.send(held, n, pushing.target(b), "message", deadline, data)
 
 
+def still_stored(settings: Settings, uri: str) -> None:
+    """msilo holds messages for ``uri`` (stored now, or not taken on the way out)."""
+    KSR.htable.sht_setxi(STORED, uri, 1, settings.msg_store_ttl)
+
+
 def deliver_stored(uri: str) -> None:
-    """On a REGISTER: msilo sends what it stored for the AoR (it deletes what is taken)."""
+    """On a REGISTER: msilo sends what it stored for the AoR (it deletes what is taken).
+
+    Its database is queried only when something was stored for the AoR, or for the
+    AoR's first REGISTER since Kamailio started: a REGISTER costs no query otherwise.
+    """
+    if KSR.htable.sht_get(STORED, uri) is None and KSR.htable.sht_get(CHECKED, uri) is not None:
+        return
+    KSR.htable.sht_rm(STORED, uri)
+    KSR.htable.sht_seti(CHECKED, uri, 1)
     KSR.msilo.mdump_uri(uri)

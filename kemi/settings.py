@@ -34,6 +34,7 @@ class Settings:
     notice_ttl: int
     cancel_grace: int
     msg_preview: bool
+    msg_store_ttl: int
     metrics_allow: frozenset[str]
     limits: Limits
 
@@ -49,6 +50,7 @@ class Settings:
             notice_ttl=define_int("PUSHGATE_NOTICE_TTL", 60),
             cancel_grace=define_int("PUSHGATE_CANCEL_GRACE", 30),
             msg_preview=define("PUSHGATE_MSG_PREVIEW", "0") == "1",
+            msg_store_ttl=define_int("PUSHGATE_MSG_STORE_TTL", 604800),
             metrics_allow=frozenset(
                 ip.strip()
                 for ip in define("PUSHGATE_METRICS_ALLOW", "127.0.0.1").split(",")

@@ -156,3 +156,18 @@ def test_a_delivered_push_keeps_the_call_held(ksr: fake_ksr.FakeKSR) -> None:
     held_calls.hold(HELD, "call-1", 30, [TARGET])
     pushd_channel.on_result(host, result("delivered"))
     assert not host.pending and held_calls.claim("5:9")
+
+
+def test_a_register_queries_msilo_only_when_something_may_be_stored(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    from kemi import messages
+    from kemi.settings import Settings
+
+    uri = "sip:alice@example.com"
+    messages.deliver_stored(uri)  # first REGISTER since start: look
+    messages.deliver_stored(uri)  # nothing stored since: no database query
+    assert ksr.called("msilo", "mdump_uri") == [(uri,)]
+    messages.still_stored(Settings.from_cfg(), uri)  # a message stored or not taken
+    messages.deliver_stored(uri)
+    assert ksr.called("msilo", "mdump_uri") == [(uri,), (uri,)]
