@@ -2,7 +2,7 @@
 
 aioapns provides the client, its connection pool and its protocol class; this module
 decides what to send and fixes what aioapns gets wrong for a long-running daemon
-(PROTOCOLS.md section 5):
+(docs/provider-errors.md, "APNs provider token"):
 
 * **One provider token.** aioapns mints a JWT per connection, and connections close after
   10 s idle, so sporadic pushes would mint a JWT almost every time and earn

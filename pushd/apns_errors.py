@@ -1,7 +1,7 @@
 """What an APNs answer means for us: pure functions, no I/O.
 
-Apple's table of statuses and reasons is in PROTOCOLS.md section 3 ("Handling
-notification responses from APNs"). The decisions:
+Apple's table of statuses and reasons ("Handling notification responses from APNs") is
+summed up in docs/provider-errors.md, section "APNs". The decisions:
 
 * ``DELETE_TOKEN`` only when Apple says the token is dead: 410 (Unregistered,
   ExpiredToken) and 400 BadDeviceToken. BadDeviceToken is also what a sandbox token sent

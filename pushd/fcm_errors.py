@@ -2,7 +2,7 @@
 
 FCM puts the precise code in ``error.details[].errorCode`` (an ``FcmError``) and the
 generic Google code in ``error.status``; the HTTP status is the last resort. See
-PROTOCOLS.md section 4 and firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode.
+docs/provider-errors.md ("FCM") and firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode.
 
 Two choices are deliberately conservative:
 

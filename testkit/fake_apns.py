@@ -1,6 +1,6 @@
 """A fake APNs provider API server: HTTP/2 over TLS on loopback, behaving like Apple.
 
-Built on asyncio and the sans-IO ``h2`` library (PROTOCOLS.md section 7). What it does:
+Built on asyncio and the sans-IO ``h2`` library (RFC 9113). What it does:
 
 * ``POST /3/device/<hex token>`` over TLS 1.2+. ALPN ``h2`` is offered, but a client that
   sends no ALPN (aioapns) is spoken to in HTTP/2 with prior knowledge.

@@ -1,9 +1,9 @@
 """Fake Google service-account JSON files, for pointing google-auth at a local OAuth server.
 
-The file has every field a real key file has (PROTOCOLS.md section 4), so google-auth
-loads it unchanged; only ``token_uri`` points at the fake. One RSA key is generated per
-process and shared by every account: generating RSA-2048 costs tens of milliseconds and
-tests make many accounts.
+The file has every field a real key file has (docs/provider-errors.md, "FCM OAuth access
+token"), so google-auth loads it unchanged; only ``token_uri`` points at the fake. One
+RSA key is generated per process and shared by every account: generating RSA-2048 costs
+tens of milliseconds and tests make many accounts.
 """
 
 from __future__ import annotations

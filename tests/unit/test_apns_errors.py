@@ -1,4 +1,4 @@
-"""classify_apns over every status/reason in Apple's table (PROTOCOLS.md section 3)."""
+"""classify_apns over every status/reason in Apple's table (docs/provider-errors.md, "APNs")."""
 
 from __future__ import annotations
 

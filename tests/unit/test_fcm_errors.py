@@ -1,4 +1,4 @@
-"""classify_fcm over the error bodies FCM v1 really sends (PROTOCOLS.md section 4)."""
+"""classify_fcm over the error bodies FCM v1 really sends (docs/provider-errors.md, "FCM")."""
 
 from __future__ import annotations
 
