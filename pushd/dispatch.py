@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -66,9 +65,10 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
     deadline = msg.get("deadline")
     if isinstance(deadline, bool) or not isinstance(deadline, int | float):
         raise BadPush("deadline", "missing or not a number (epoch seconds)")
-    if not math.isfinite(deadline):
-        # json.loads takes Infinity/NaN: retries would never stop (or never start).
-        raise BadPush("deadline", f"must be a finite number of epoch seconds (got {deadline!r})")
+    # json.loads takes Infinity/NaN (retries would never stop, or never start) and
+    # integers of any size (float() of 10**400 raises OverflowError).
+    if not -1e12 < deadline < 1e12:
+        raise BadPush("deadline", "must be a finite number of epoch seconds")
     data = _data(msg.get("data"))
     pn = {}
     for name, fieldname in _PN_FIELD.items():

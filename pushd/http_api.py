@@ -224,7 +224,8 @@ def _deadline(value: Mapping[str, Any], now: float) -> float:
         raise HttpError(400, "required (or ttl)", field="deadline")
     name = "deadline" if has_deadline else "ttl"
     raw = value[name]
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
+    # NaN, the infinities and integers too big for a float (10**400) are no time either.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not -1e12 < raw < 1e12:
         raise HttpError(400, "must be a number of seconds", field=name)
     deadline = float(raw) if has_deadline else now + float(raw)
     if deadline <= now:

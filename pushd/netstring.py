@@ -24,7 +24,13 @@ class NetstringError(ValueError):
 
 def encode(obj: Mapping[str, Any], max_size: int = MAX_SIZE) -> bytes:
     """One JSON object as a netstring frame."""
-    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (echoed from a push's aor or ruid) has no UTF-8: send it as the
+        # \udcff escape it arrived in; the reader's json.loads gives back the same string.
+        payload = json.dumps(obj, separators=(",", ":")).encode("ascii")
     if len(payload) > max_size:
         raise NetstringError(f"message of {len(payload)} bytes exceeds the {max_size} byte limit")
     return b"%d:%s," % (len(payload), payload)
@@ -97,8 +103,10 @@ class Decoder:
 def _decode_payload(payload: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError, a 5000-digit number
         raise NetstringError(f"netstring payload is not UTF-8 JSON: {exc}") from exc
+    except RecursionError:
+        raise NetstringError("netstring payload is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise NetstringError(f"netstring payload is a JSON {type(obj).__name__}, not an object")
     return obj

@@ -77,7 +77,9 @@ class PushParams:
 def uri_params(uri: str) -> dict[str, str]:
     """URI parameters of a SIP URI (``sip:u@h;a=b;c``), values percent-decoded, names lowercased.
 
-    Stops at ``?`` (headers) and ignores anything after a ``>``.
+    Stops at ``?`` (headers) and ignores anything after a ``>``. A ``pn-*`` parameter
+    given twice (in any case) is a :class:`PnError`: which one counts would be up to
+    each reader (we took the last, others the first), so neither is stored.
     """
     uri = uri.strip()
     if uri.startswith("<"):
@@ -88,7 +90,10 @@ def uri_params(uri: str) -> dict[str, str]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        out[name.strip().lower()] = urllib.parse.unquote(value.strip())
+        name = name.strip().lower()
+        if name in out and name.startswith("pn-"):
+            raise PnError(name, "given twice")
+        out[name] = urllib.parse.unquote(value.strip())
     return out
 
 
@@ -145,15 +150,19 @@ def parse_uri(uri: str) -> PushParams | None:
 
 
 def normalise_provider(raw: str) -> tuple[str, bool]:
-    """``apns`` / ``apns.dev`` / ``fcm`` -> (provider, sandbox). Raises PnError otherwise."""
-    value = raw.strip().lower()
+    """``apns`` / ``apns.dev`` / ``fcm`` -> (provider, sandbox). Raises PnError otherwise.
+
+    Exactly these names, in any case: ``apns%0D%0A`` (white space around it) is not
+    ``apns``, since the value as sent goes on into pushd and our replies.
+    """
+    value = raw.lower()
     if value in ("apns", "apns.prod"):
         return "apns", False
     if value in ("apns.dev", "apns.sandbox"):
         return "apns", True
     if value == "fcm":
         return "fcm", False
-    if not value:
+    if not value.strip():
         raise PnError("pn-provider", "missing")
     raise PnError("pn-provider", f"unsupported provider {raw!r}")
 

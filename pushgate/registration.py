@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pushgate import pn_params, sipmsg
+from pushgate import pn_params, sipmsg, wake_token
 
 # RFC 8599 §5.6.1.1: a proxy SHOULD give a +sip.pnsreg value bigger than 120.
 PNSREG_SECONDS = 121
@@ -53,12 +53,16 @@ def check_register(
     providers: list[str] = []
     pnsreg = False
     adds = False
+    devices: dict[str, pn_params.PushParams] = {}
     for contact in contacts:
         if contact.strip() == "*":
             continue
         adds = adds or contact_expires(contact, expires_header) != 0
         uri = sipmsg.contact_uri(contact)
-        params = pn_params.uri_params(uri)
+        try:
+            params = pn_params.uri_params(uri)
+        except pn_params.PnError as exc:
+            return _bad(str(exc))
         raw = params.get("pn-provider")
         if raw is not None and raw.strip().lower() not in {"", *_aliases(served)}:
             return RegisterCheck(
@@ -68,12 +72,18 @@ def check_register(
             )
         if raw is not None and "pn-prid" not in params:
             # Capability query (RFC 8599 §4.1.5): answer which push services we serve.
-            providers.extend(sorted(served) if not raw.strip() else [raw.strip().lower()])
+            if not raw.strip():
+                providers.extend(sorted(served))
+                continue
+            try:
+                providers.append(pn_params.normalise_provider(raw)[0])
+            except pn_params.PnError as exc:
+                return _bad(str(exc))
             continue
         try:
             push = pn_params.parse(params)
         except pn_params.PnError as exc:
-            return RegisterCheck(status=400, reason="Bad Push Parameters", warning=str(exc))
+            return _bad(str(exc))
         if push is None:
             continue
         expires = contact_expires(contact, expires_header)
@@ -85,12 +95,19 @@ def check_register(
                 warning=f"expires {expires}s is too short to push before expiry",
             )
         if expires != 0:
-            providers.append(push.raw_provider.lower())
+            instance = wake_token.contact_instance(contact)
+            if instance:
+                # One device, one app, one set of push params: which of two would we push?
+                clash = _difference(devices.setdefault(instance, push), push)
+                if clash:
+                    return _bad(f"{clash}: differs between two Contacts of one +sip.instance")
+            providers.append(push.provider)
             pnsreg = pnsreg or has_contact_param(contact, "+sip.pnsreg")
     if already_has_pns or not providers:
         return RegisterCheck(providers=tuple(providers), adds_binding=adds)
     headers = []
-    for provider in dict.fromkeys(p.split(".", 1)[0] for p in providers):
+    # Normalised names only (apns, fcm): never a value as the phone sent it.
+    for provider in dict.fromkeys(providers):
         caps = f'Feature-Caps: *;+sip.pns="{provider}"'
         if pnsreg:
             caps += f';+sip.pnsreg="{PNSREG_SECONDS}"'
@@ -98,6 +115,21 @@ def check_register(
     return RegisterCheck(
         extra_headers=tuple(headers), providers=tuple(providers), adds_binding=adds
     )
+
+
+def _bad(warning: str) -> RegisterCheck:
+    return RegisterCheck(status=400, reason="Bad Push Parameters", warning=warning)
+
+
+def _difference(first: pn_params.PushParams, other: pn_params.PushParams) -> str:
+    """The pn param that differs between two bindings of one device, or ""."""
+    if (first.provider, first.sandbox) != (other.provider, other.sandbox):
+        return "pn-provider"
+    if first.prid != other.prid:
+        return "pn-prid"
+    if first.param != other.param:
+        return "pn-param"
+    return ""
 
 
 def _aliases(served: frozenset[str]) -> set[str]:

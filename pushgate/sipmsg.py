@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-_PARAM_SPLIT = re.compile(r";(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)")
-
 
 def split_header_values(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas in quotes and ``<...>``."""
@@ -46,11 +44,34 @@ def contact_params(contact: str) -> dict[str, str]:
     is never a header parameter. A parameter without a value maps to "".
     """
     params: dict[str, str] = {}
-    for part in _PARAM_SPLIT.split(_split_contact(contact)[1]):
+    for part in _split_params(_split_contact(contact)[1]):
         name, _, value = part.partition("=")
         if name.strip():
             params.setdefault(name.strip().lower(), value.strip())
     return params
+
+
+def _split_params(text: str) -> list[str]:
+    """Split at every ``;`` outside a quoted string (``\\`` escapes inside quotes).
+
+    One pass: this runs before digest authentication (a REGISTER's wake token is checked
+    against its Contacts' +sip.instance), on Contacts of up to a whole SIP message.
+    """
+    out: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ";" and not quoted:
+            out.append(text[start:i])
+            start = i + 1
+    out.append(text[start:])
+    return out
 
 
 def _split_contact(contact: str) -> tuple[str, str]:

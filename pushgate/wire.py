@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 VERSION = 1
 FINAL_VERDICTS = frozenset({"delivered", "delete_token", "config_error", "give_up"})
+# Canonical unsigned decimals only: " 1", "+1", "01", "1_0" and "\u0663" are ints to int()
+# but not the id Kamailio wrote (results are matched by the id's text, too).
+_HOLD_ID = re.compile(r"(0|[1-9][0-9]{0,19}):(0|[1-9][0-9]{0,19}):(0|[1-9][0-9]{0,19})", re.ASCII)
 
 
 class WireError(ValueError):
@@ -30,11 +34,11 @@ class HoldId:
         return f"{self.index}:{self.label}:{self.n}"
 
     @classmethod
-    def parse(cls, text: str) -> HoldId:
-        try:
-            index, label, n = (int(x) for x in text.split(":"))
-        except ValueError:
-            raise WireError(f"id: expected '<index>:<label>:<n>', got {text!r}") from None
+    def parse(cls, text: object) -> HoldId:
+        match = _HOLD_ID.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise WireError(f"id: expected '<index>:<label>:<n>', got {_short(text)}")
+        index, label, n = (int(x) for x in match.groups())
         return cls(index=index, label=label, n=n)
 
 
@@ -89,25 +93,61 @@ def parse_message(text: str) -> dict[str, Any]:
         msg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise WireError(f"not JSON: {exc.msg}") from None
+    except ValueError:
+        # A number of over 4300 digits: int() refuses it (CVE-2020-10735's limit).
+        raise WireError("not JSON: a number too long to read") from None
+    except RecursionError:
+        # "[[[[..." nests deeper than the parser recurses; from anyone who reaches evapi.
+        raise WireError("not JSON: nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise WireError("type: missing")
     return msg
 
 
 def parse_result(msg: dict[str, Any]) -> Result:
+    """A ``result`` from pushd. Fields that decide what Kamailio does (``id``, ``verdict``,
+    ``aor``, ``ruid``) and the ones it logs must have their documented types; nothing is
+    coerced from another type. Raises :class:`WireError` naming the field."""
     verdict = msg.get("verdict")
-    if verdict not in FINAL_VERDICTS:
-        raise WireError(f"verdict: expected one of {sorted(FINAL_VERDICTS)}, got {verdict!r}")
+    if not isinstance(verdict, str) or verdict not in FINAL_VERDICTS:  # [..] is unhashable
+        raise WireError(f"verdict: expected one of {sorted(FINAL_VERDICTS)}, got {_short(verdict)}")
+    hold_id = HoldId.parse(msg.get("id"))
     status = msg.get("status")
+    if status is not None and (type(status) is not int or not 100 <= status <= 599):
+        raise WireError(f"status: expected an HTTP status or null, got {_short(status)}")
+    reason = msg.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise WireError(f"reason: expected a string or null, got {_short(reason)}")
+    aor, ruid = _optional_str(msg, "aor"), _optional_str(msg, "ruid")
     ms = msg.get("ms", 0.0)
-    if not isinstance(ms, int | float) or isinstance(ms, bool):
-        raise WireError(f"ms: expected a number, got {ms!r}")
+    if type(ms) not in (int, float) or not 0 <= ms < 1e12:  # also NaN, inf, 10**400
+        raise WireError(f"ms: expected a number, got {_short(ms)}")
     return Result(
-        hold_id=HoldId.parse(str(msg.get("id", ""))),
+        hold_id=hold_id,
         verdict=verdict,
-        status=status if isinstance(status, int) else None,
-        reason=str(msg["reason"]) if msg.get("reason") is not None else None,
-        aor=str(msg.get("aor", "")),
-        ruid=str(msg.get("ruid", "")),
+        status=status,
+        reason=reason,
+        aor=aor,
+        ruid=ruid,
         ms=float(ms),
     )
+
+
+def _optional_str(msg: dict[str, Any], name: str) -> str:
+    value = msg.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise WireError(f"{name}: expected a string, got {_short(value)}")
+    return value
+
+
+def _short(value: object) -> str:
+    """A value for an error message: repr, at most 80 characters (the log line's share)."""
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return "a huge number"  # repr() of one over 4300 digits raises ValueError
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "a deeply nested value"
+    return text if len(text) <= 80 else text[:77] + "..."

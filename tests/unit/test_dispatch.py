@@ -133,6 +133,9 @@ def test_missing_data_is_empty() -> None:
         # retry loop, and APNs' int(deadline) would raise on every attempt.
         ({"deadline": float("inf")}, "deadline"),
         ({"deadline": float("nan")}, "deadline"),
+        # An integer too big for a float: float() raised OverflowError, the push task
+        # crashed and no result went back (found by tests/unit/test_hostile_wire.py).
+        ({"deadline": 10**400}, "deadline"),
         ({"provider": "gcm"}, "provider"),
         ({"provider": _DROP, "prid": _DROP}, "provider"),
         ({"provider": _DROP}, "provider"),

@@ -92,3 +92,22 @@ def test_custom_max_size() -> None:
     assert dec.feed(b"2:{},") == [{}]
     with pytest.raises(NetstringError, match="exceeds the 10 byte limit"):
         dec.feed(b"11:")
+
+
+# Found by tests/unit/test_hostile_wire.py: errors other than NetstringError escaped the
+# decoder (the read loop then died with "internal error" instead of a protocol error).
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 5000, b'{"a":' + b"1" * 5000 + b"}", b'{"a":"\xed\xb3\xbf"}'],
+    ids=["nested-too-deeply", "5000-digit-number", "encoded-surrogate"],
+)
+def test_json_python_cannot_read_is_a_netstring_error(payload: bytes) -> None:
+    with pytest.raises(NetstringError):
+        Decoder().feed(b"%d:%s," % (len(payload), payload))
+
+
+def test_a_lone_surrogate_echoed_back_is_encoded_as_its_json_escape() -> None:
+    # A result echoes the push's aor: "\udcff" arrived as a JSON escape and has no UTF-8.
+    frame = encode({"aor": "sip:\udcff@d"})
+    assert frame == b'22:{"aor":"sip:\\udcff@d"},'
+    assert Decoder().feed(frame) == [{"aor": "sip:\udcff@d"}]

@@ -84,6 +84,16 @@ def test_linphone_variants_sandbox_and_multi_token() -> None:
         ),
         ({"pn_provider": "fcm", "pn_prid": "tok:en:ok12345%0A", "pn_param": "proj-1"}, "pn-prid"),
         ({"pn_provider": "fcm", "pn_prid": "tok:en:ok12345", "pn_param": "proj-1%0A"}, "pn-param"),
+        # Found by tests/unit/test_hostile_sip.py: white space around the provider was
+        # stripped for the check but the value as sent went on (into Feature-Caps).
+        (
+            {"pn_provider": "apns%0D%0A", "pn_prid": TOKEN, "pn_param": "ABCDE12345.a.b"},
+            "pn-provider",
+        ),
+        (
+            {"pn_provider": "%20fcm", "pn_prid": "tok:en:ok12345", "pn_param": "proj-1"},
+            "pn-provider",
+        ),
     ],
 )
 def test_malformed_params_name_the_param(params: dict[str, str], bad: str) -> None:
@@ -108,3 +118,19 @@ def test_explicit_environment_is_pinned_plain_apns_is_not() -> None:
     assert not parsed("apns").environment_pinned
     assert parsed("apns.dev").environment_pinned and parsed("apns.dev").sandbox
     assert parsed("apns.prod").environment_pinned and not parsed("apns.prod").sandbox
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        f";pn-provider=fcm;pn-prid={TOKEN};pn-provider=apns;pn-param=ABCDE12345.a.b",
+        f";pn-provider=apns;pn-prid={TOKEN};PN-PRID={TOKEN[::-1]};pn-param=ABCDE12345.a.b",
+        f";pn-provider=apns;pn-prid={TOKEN};pn-param=ABCDE12345.a.b;pn-silent=1;pn-silent=0",
+    ],
+)
+def test_a_pn_param_given_twice_is_refused(tail: str) -> None:
+    # Found by tests/unit/test_hostile_sip.py: the last value silently won; another
+    # reader of the stored Contact (a proxy, the phone's own view) may take the first.
+    with pytest.raises(PnError) as err:
+        pn_params.parse_uri("sip:alice@192.0.2.10;transport=tcp" + tail)
+    assert err.value.reason == "given twice" and err.value.param.startswith("pn-")

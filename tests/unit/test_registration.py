@@ -88,3 +88,32 @@ def test_unregister_without_angle_brackets_adds_no_binding() -> None:
     bare = f"sip:alice@192.0.2.1:5060;transport=tcp;expires=0{APNS}"
     assert not check(bare, expires=None).adds_binding
     assert check(f"sip:alice@192.0.2.1:5060;expires=600{APNS}", expires=None).adds_binding
+
+
+def test_provider_as_sent_never_reaches_a_reply_header() -> None:
+    # Found by tests/unit/test_hostile_sip.py: "apns%0D%0A" passed the check (stripped) and
+    # the raw value went into 'Feature-Caps: *;+sip.pns="apns\r\n"' of the 200.
+    r = check(contact(APNS.replace("pn-provider=apns", "pn-provider=apns%0D%0A")))
+    assert (r.status, r.warning.split(":")[0]) == (400, "pn-provider")
+    r = check(contact(APNS.replace("pn-provider=apns", "pn-provider=APNS.dev")))
+    assert r.extra_headers == ('Feature-Caps: *;+sip.pns="apns"',)
+
+
+def test_duplicated_pn_param_is_400_naming_it() -> None:
+    r = check(contact(APNS + ";pn-provider=fcm"))
+    assert (r.status, r.warning) == (400, "pn-provider: given twice")
+
+
+def test_one_device_with_two_sets_of_push_params_is_400() -> None:
+    instance = ';+sip.instance="<urn:uuid:1>"'
+    other = APNS.replace(TOKEN, "cd" * 32)
+    r = check(contact(APNS, instance + ";reg-id=1"), contact(other, instance + ";reg-id=2"))
+    assert r.status == 400 and r.warning.startswith("pn-prid: differs between two Contacts")
+    # Two flows of one device with the same params, or two devices: fine.
+    assert check(contact(APNS, instance + ";reg-id=1"), contact(APNS, instance)).status == 200
+    assert (
+        check(contact(APNS, instance), contact(other, ';+sip.instance="<urn:uuid:2>"')).status
+        == 200
+    )
+    # Replacing the token: the old binding removed in the same REGISTER.
+    assert check(contact(APNS, instance + ";expires=0"), contact(other, instance)).status == 200

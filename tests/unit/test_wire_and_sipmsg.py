@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -52,6 +53,52 @@ def test_result_is_validated() -> None:
         wire.parse_message("{nope")
 
 
+# Found by tests/unit/test_hostile_wire.py: a list as verdict raised TypeError, a 10**400
+# ms OverflowError, "[[[..." RecursionError, a 5000-digit number ValueError (the evapi
+# route only catches WireError: an unauthenticated client was not disconnected), and
+# anything int() reads passed as an id, any type str() reads as aor/ruid.
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"verdict": ["delivered"]}, "verdict"),
+        ({"ms": 10**400}, "ms"),
+        ({"ms": float("nan")}, "ms"),
+        ({"ms": -1}, "ms"),
+        ({"id": " 1:2:0"}, "id"),
+        ({"id": "+1:2:0"}, "id"),
+        ({"id": "01:2:0"}, "id"),
+        ({"id": "1_0:2:0"}, "id"),
+        ({"id": "\u0661:2:0"}, "id"),
+        ({"id": "1:2:0\n"}, "id"),
+        ({"id": 7}, "id"),
+        ({"aor": ["sip:a@d"]}, "aor"),
+        ({"ruid": {"r": 1}}, "ruid"),
+        ({"status": True}, "status"),
+        ({"status": "200"}, "status"),
+        ({"reason": ["x"]}, "reason"),
+    ],
+)
+def test_hostile_result_fields_are_refused_by_name(fields: dict[str, object], field: str) -> None:
+    msg = {"type": "result", "id": "1:2:0", "verdict": "delivered", **fields}
+    with pytest.raises(wire.WireError) as err:
+        wire.parse_result(msg)
+    assert str(err.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, '{"type":"result","n":' + "1" * 5000 + "}"])
+def test_json_python_cannot_read_is_a_wire_error(text: str) -> None:
+    with pytest.raises(wire.WireError, match=r"^not JSON"):
+        wire.parse_message(text)
+
+
+def test_results_pushd_writes_are_accepted() -> None:
+    r = wire.parse_result(
+        {"type": "result", "id": "0:0:17", "verdict": "give_up", "status": None,
+         "reason": None, "aor": None, "ruid": None, "attempts": 0, "ms": 0}
+    )  # fmt: skip
+    assert (str(r.hold_id), r.aor, r.ruid, r.status) == ("0:0:17", "", "", None)
+
+
 def test_split_contacts_respects_quotes_and_brackets() -> None:
     value = '"Doe, J" <sip:a@h;x=1,2>;expires=5, <sip:b@h>, sip:c@h;q=0.5'
     parts = sipmsg.split_header_values(value)
@@ -79,3 +126,22 @@ def test_contact_params_after_angle_brackets_only() -> None:
     c = '"A;b <c>" <sip:a@h;expires=9;ob>;Expires=0;+sip.pnsreg'
     assert sipmsg.contact_uri(c) == "sip:a@h;expires=9;ob"
     assert sipmsg.contact_params(c) == {"expires": "0", "+sip.pnsreg": ""}
+
+
+def test_contact_params_of_a_huge_contact_take_linear_time() -> None:
+    # Found by tests/unit/test_hostile_sip.py: the quote-aware split was a regex whose
+    # lookahead rescanned the rest of the value at every ';' (quadratic: 4 s for 30,000 of
+    # them). It runs before digest auth, on a REGISTER's Contacts with a Pushgate-Wake.
+    started = time.monotonic()
+    for contact in ("<sip:a@h>" + ";a" * 30_000, "<sip:a@h>" + ';"' * 30_000):
+        sipmsg.contact_params(contact)
+    assert time.monotonic() - started < 0.5
+
+
+def test_contact_params_keep_semicolons_inside_quotes() -> None:
+    c = '<sip:a@h>;+sip.instance="<urn:a;b>";x="q\\";y";z=1'
+    assert sipmsg.contact_params(c) == {
+        "+sip.instance": '"<urn:a;b>"',
+        "x": '"q\\";y"',
+        "z": "1",
+    }
