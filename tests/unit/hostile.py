@@ -15,10 +15,8 @@ strategies built on the fly.
 
 from __future__ import annotations
 
-import math
 import random
 import string
-from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -288,49 +286,5 @@ def hostile_contacts_of(b: Bits) -> list[str]:
     return [contact(hostile_pn_of(b), b) for _ in range(1 + b.take(3))]
 
 
-hostile_contacts = case(1024).map(hostile_contacts_of)
-
-
-# ----- JSON values, as a broken or hostile peer sends them -----------------------------------
-
+# Numbers a JSON peer may send that Python's float() cannot hold or that are edge values.
 HUGE_NUMBERS = (10**400, -(10**400), 2**63, -(2**63), 2**64 + 1, 1e308, -1e308, 5e-324)
-json_scalar = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(),
-    st.floats(),
-    st.sampled_from([*HUGE_NUMBERS, math.nan, math.inf, -math.inf]),
-    st.text(max_size=20),
-    st.sampled_from(NASTY),
-)
-json_value = st.one_of(
-    json_scalar,
-    json_scalar,
-    st.lists(json_scalar, max_size=3),
-    st.dictionaries(st.text(max_size=6), json_scalar, max_size=3),
-)
-
-# (how, field index, typed value index, any value)
-field_op = st.tuples(st.integers(0, 4), st.integers(0, 1 << 8), st.integers(0, 1 << 16), json_value)
-
-
-def apply_field_ops(
-    msg: dict[str, Any],
-    ops: list[tuple[int, int, int, Any]],
-    typed: dict[str, tuple[Any, ...]],
-) -> dict[str, Any]:
-    """Replace fields with plausible wrong values (``typed``) or any JSON; drop; add."""
-    msg = dict(msg)
-    names = sorted(typed)
-    for how, which, pick, anything in ops:
-        name = names[which % len(names)]
-        if how <= 1:
-            options = typed[name]
-            msg[name] = options[pick % len(options)]
-        elif how == 2:
-            msg[name] = anything
-        elif how == 3:
-            msg.pop(name, None)
-        else:
-            msg[str(anything)[:12]] = anything
-    return msg

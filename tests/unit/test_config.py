@@ -376,3 +376,69 @@ def test_inline_secret_in_readable_config_warns(
     with caplog.at_level(logging.WARNING, logger="pushd.config"):
         config.load(path)
     assert "holds kamailio.secret" in caplog.text and "s3cret-value" not in caplog.text
+
+
+# -- hostile input (found by tests/unit/test_hostile_config.py and its seeds) ------------------
+
+HOSTILE_VALUES = [
+    # Accepted before, unusable later: a path as APNs host, a host the evapi client cannot
+    # resolve, a port in fullwidth digits, an API token no client can send, a URL with a
+    # space, a secret kamailio.cfg cannot hold, a DSN libpq would cut at the NUL.
+    (MINIMAL + "  host: ../../etc/shadow\n", "apns.host", "host name or IP address"),
+    (MINIMAL.replace("kamailio:", "kamailio:\n  evapi: 'ex ample:1'"), "kamailio.evapi", "host"),
+    (MINIMAL.replace("kamailio:", "kamailio:\n  evapi: 'h:\uff18\uff14'"), "kamailio.evapi", ""),
+    (MINIMAL.replace("kamailio:", "kamailio:\n  evapi: '[h]:1'"), "kamailio.evapi", ""),
+    (MINIMAL + "api: {token: 'two words'}\n", "api.token", "printable ASCII"),
+    (MINIMAL + "api: {token: 't\u00e9'}\n", "api.token", "printable ASCII"),
+    (
+        "kamailio: {secret: x}\nfcm: {service_account_file: a, base_url: 'http://a b/'}",
+        "fcm.base_url",
+        "URL",
+    ),
+    (
+        "kamailio: {secret: x}\nfcm: {service_account_file: a, base_url: 'http://h:99999'}",
+        "fcm.base_url",
+        "URL",
+    ),
+    (MINIMAL.replace("s3cret-value", '"s3cret\\nvalue"'), "kamailio.secret", "one line"),
+    (MINIMAL + 'refresh: {database: "host=a\\0b"}\n', "refresh.database", "must not contain"),
+    # Raised ValueError / RuntimeError instead of a ConfigError.
+    (MINIMAL.replace("AuthKey.p8", '"Auth\\0Key.p8"'), "apns.key_file", "must not contain"),
+    (MINIMAL.replace("AuthKey.p8", "~nosuchuser/AuthKey.p8"), "apns.key_file", "cannot expand"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), HOSTILE_VALUES)
+def test_hostile_values_are_refused_naming_the_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    err = error_of(write(tmp_path, text))
+    assert err.key == key and words in err.message, err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "? [a, b]\n: x\n",  # TypeError: unhashable type: 'list'
+        "kamailio: " + "[" * 5000,  # RecursionError
+        "kamailio: {secret: !!float nan x}\n",  # ValueError from PyYAML's constructor
+        "kamailio: {secret: !!int x}\n",
+    ],
+)
+def test_yaml_python_cannot_build_is_a_config_error(tmp_path: Path, text: str) -> None:
+    err = error_of(write(tmp_path, text))
+    assert err.key == "" and "not valid YAML" in err.message
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "pushd.yaml"
+    path.write_bytes(b"kamailio: {secret: \xff}\n")
+    assert "not UTF-8" in error_of(path).message
+
+
+def test_merge_keys_work(tmp_path: Path) -> None:
+    text = MINIMAL + "x-timeouts: &t {timeout: 3}\n"
+    cfg = "kamailio: {secret: x}\nt: &t {timeout: 3}\nfcm:\n  <<: *t\n  service_account_file: a\n"
+    assert error_of(write(tmp_path, text)).key == "x-timeouts"  # unknown, as any other key
+    err = error_of(write(tmp_path, cfg))
+    assert err.key == "t"  # not a complaint about "<<"

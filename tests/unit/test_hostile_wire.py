@@ -329,7 +329,7 @@ def test_hostile_channel_messages_through_both_ends(b: hostile.Bits) -> None:
         wire.parse_result(wire.parse_message(text))  # a real result is accepted
 
 
-@hostile.cases(2_000)
+@hostile.cases(500)
 @given(st.text(max_size=200) | st.sampled_from(["[" * 5000, '{"type":"result","id":' * 3000]))
 def test_any_text_from_an_evapi_client(text: str) -> None:
     # Anyone who can reach the evapi port sends this before (instead of) a hello.
@@ -337,7 +337,7 @@ def test_any_text_from_an_evapi_client(text: str) -> None:
     pushd_side(text)
 
 
-@hostile.cases(2_000)
+@hostile.cases(500)
 @given(st.lists(st.binary(max_size=40), max_size=6))
 def test_any_bytes_into_pushds_decoder(chunks: list[bytes]) -> None:
     decoder = netstring.Decoder()
@@ -354,7 +354,7 @@ def test_any_bytes_into_pushds_decoder(chunks: list[bytes]) -> None:
         raise AssertionError("a broken decoder went on decoding") from None
 
 
-@hostile.cases(1_000)
+@hostile.cases(300)
 @given(
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
