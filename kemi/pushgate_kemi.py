@@ -3,8 +3,9 @@
 A complete, small SIP registrar and proxy for phones, written as any operator's KEMI
 script would be: its own steps (reqinit, dialogs, digest auth, NAT, relay) plus
 Pushgate's hooks from ``kemi.api`` at the points docs/integrate.md names. Request
-route, in order: reqinit -> CANCEL -> within dialog -> REGISTER -> requests to local
-users. Methods named ``ksr_*`` are called by Kamailio by name.
+route, in order: reqinit -> CANCEL -> within dialog -> REGISTER -> authentication of
+requests from local users -> requests to local users. Methods named ``ksr_*`` are
+called by Kamailio by name. What is authenticated and what is refused: docs/security.md.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class Router(PushgateRoutes):
         if KSR.is_OPTIONS() and KSR.corex.has_ruri_user() < 0:
             KSR.sl.sl_send_reply(200, "OK")
             return OK
+        if self.reg_auth and not self.route_auth():
+            return OK
         if KSR.is_INVITE():
             KSR.rr.record_route()
         self.ksr_route_location(None)
@@ -125,6 +128,34 @@ class Router(PushgateRoutes):
             KSR.sl.sl_reply_error()
             return
         pushgate.registered()
+
+    # ----- authentication of requests from local users -----
+    def route_auth(self) -> bool:
+        """A request whose From is one of our users must carry that user's credentials
+        (proxy digest, 407), as route[AUTH] of Kamailio's default config does; anyone
+        else may only reach local users (the location step answers 403 otherwise).
+        False: answered (challenged, or 503 when the credentials cannot be checked)."""
+        if pushgate.trusted():
+            return True  # a stored MESSAGE msilo sends out of this Kamailio
+        if str(KSR.pv.get("$fd") or "").lower() != self.domain.lower() and not (
+            KSR.is_myself_furi()
+        ):
+            return True
+        rc = KSR.auth_db.auth_check(self.domain, "subscriber", 1)
+        method, caller = KSR.pv.get("$rm"), KSR.pv.get("$fu")
+        if rc == AUTH_ERROR and KSR.hdr.is_present("Proxy-Authorization") > 0:
+            KSR.hdr.append_to_reply("Retry-After: 10\r\n")
+            KSR.sl.send_reply(503, "Service Unavailable")
+            log("request_unverified", method=method, caller=caller)
+            return False
+        if rc < 0:
+            # 407 + Proxy-Authenticate (auth_challenge: 401 only for REGISTER). With flag 1
+            # the credentials' user must be the From user: bob cannot call as alice.
+            KSR.auth.auth_challenge(self.domain, 0)
+            log("request_challenged", method=method, caller=caller, rc=rc)
+            return False
+        KSR.auth.consume_credentials()
+        return True
 
     # ----- requests to local users -----
     def ksr_route_location(self, msg: object) -> int:

@@ -15,6 +15,8 @@ PROVIDERS = ("apns", "fcm")
 # Used with fullmatch: ``match`` with ``$`` would also accept one trailing newline.
 _APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{16,200}$")
 _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-\.]{8,4096}$")
+_HEX = re.compile(r"[0-9A-Fa-f]*")
+_FCM_ALPHABET = re.compile(r"[A-Za-z0-9_:\-\.]*")
 _BUNDLE = re.compile(r"^[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _TEAM = re.compile(r"^[A-Z0-9]{10}$")
 _FCM_PROJECT = re.compile(r"^[a-z][a-z0-9\-]{4,61}[a-z0-9]$")
@@ -171,6 +173,10 @@ def _check_apns(prid: str, param: str) -> None:
     for item in prid.split("&"):
         tok = item.rsplit(":", 1)[0] if _SERVICE_SUFFIX.search(item) else item
         if not _APNS_TOKEN.fullmatch(tok):
+            if _HEX.fullmatch(tok):
+                raise PnError(
+                    "pn-prid", f"APNs device token must be 16-200 hex digits, not {len(tok)}"
+                )
             raise PnError("pn-prid", "APNs device token must be hexadecimal")
     if not param:
         raise PnError("pn-param", "missing (APNs needs <TeamID>.<bundle>.voip)")
@@ -188,6 +194,10 @@ def _check_apns(prid: str, param: str) -> None:
 
 def _check_fcm(prid: str, param: str) -> None:
     if not _FCM_TOKEN.fullmatch(prid):
+        if _FCM_ALPHABET.fullmatch(prid):
+            raise PnError(
+                "pn-prid", f"FCM registration token must be 8-4096 characters, not {len(prid)}"
+            )
         raise PnError("pn-prid", "FCM registration token has invalid characters")
     if not param:
         raise PnError("pn-param", "missing (FCM needs the Firebase project ID)")

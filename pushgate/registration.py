@@ -8,6 +8,9 @@ from pushgate import pn_params, sipmsg, wake_token
 
 # RFC 8599 §5.6.1.1: a proxy SHOULD give a +sip.pnsreg value bigger than 120.
 PNSREG_SECONDS = 121
+MAX_CONTACT_URI = 512
+"""Bytes of a Contact URI Kamailio's registrar stores (its contact_max_size default): a
+longer push binding would fail in save() with a bare 400; refused naming the pn param."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +89,11 @@ def check_register(
             return _bad(str(exc))
         if push is None:
             continue
+        if len(uri.encode("utf-8", "surrogatepass")) > MAX_CONTACT_URI:
+            longest = max(("pn-prid", "pn-param"), key=lambda n: len(params.get(n, "")))
+            return _bad(
+                f"{longest}: too long, the Contact URI must stay under {MAX_CONTACT_URI} bytes"
+            )
         expires = contact_expires(contact, expires_header)
         if expires is not None and 0 < expires < min_expires:
             return RegisterCheck(

@@ -96,6 +96,11 @@ def aor_of(user: str, domain: str) -> str:
 
 
 def warning(text: str) -> str:
-    """A Warning header (RFC 3261 §20.43) with code 399 (miscellaneous)."""
-    clean = text.replace("\\", "").replace('"', "'")
+    """A Warning header (RFC 3261 §20.43) with code 399 (miscellaneous).
+
+    One line whatever ``text`` holds: control characters become ``?``, a backslash is
+    escaped (a quoted-pair: ``'apns\\r\\n'`` reads as sent), ``"`` becomes ``'``.
+    """
+    clean = "".join("?" if c < " " or c == "\x7f" else c for c in text)
+    clean = clean.replace("\\", "\\\\").replace('"', "'")
     return f'Warning: 399 pushgate "{clean}"'

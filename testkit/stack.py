@@ -34,6 +34,8 @@ from testkit.procs import free_port, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "pushgate.test"
+FOREIGN_DOMAIN = "caller.example"
+"""Test callers' From domain by default: requests from local users need digest auth."""
 TEAM_PARAM_PREFIX = "ABCDE12345"
 FCM_PROJECT = "pushgate-test"
 
@@ -416,6 +418,13 @@ class Stack:
         """An authenticated REGISTER the registrar refuses (400/423/555), with ``keys``."""
         return self._register_once("register_refused", phone, (phone.user, phone.password), keys)
 
+    def register_scenario(
+        self, name: str, phone: Phone, *, auth: tuple[str, str] | None = None, **keys: str
+    ) -> sipp.SippRun:
+        """One authenticated REGISTER scenario ``name`` (tests/scenarios/<name>) for
+        ``phone``'s AoR; ``auth``: other credentials than the phone's own."""
+        return self._register_once(name, phone, auth or (phone.user, phone.password), keys)
+
     def _register_once(
         self,
         name: str,
@@ -477,7 +486,7 @@ class Stack:
         return started
 
     def send_message(
-        self, callee: str, text: str, label: str = "sender", caller_domain: str = DOMAIN
+        self, callee: str, text: str, label: str = "sender", caller_domain: str = FOREIGN_DOMAIN
     ) -> sipp.SippRun:
         return sipp.start(
             "sender_message",
@@ -494,9 +503,10 @@ class Stack:
         expect_answer: bool,
         talk_ms: int = 300,
         label: str = "caller",
-        caller_domain: str = DOMAIN,
+        caller_domain: str = FOREIGN_DOMAIN,
     ) -> sipp.SippRun:
-        """Bob calls ``callee``; from ``caller_domain`` (a foreign one: no digest auth)."""
+        """Bob calls ``callee`` from ``caller_domain``: a foreign one by default (no digest
+        auth); from ``DOMAIN`` the call is a local user's and is challenged (407)."""
         return sipp.start(
             "caller_call" if expect_answer else "caller_fail",
             target_port=self.kamailio.sip_port,

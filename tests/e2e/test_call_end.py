@@ -25,7 +25,7 @@ def test_cancel_of_a_held_call_gives_487_and_a_cancel_notice(make_stack: MakeSta
         "caller_cancel",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
-        keys={"domain": "pushgate.test", "callee": "alice", "caller_domain": "pushgate.test"},
+        keys={"domain": "pushgate.test", "callee": "alice", "caller_domain": "caller.example"},
         pause_ms=500,
         label="canceller",
     )
@@ -72,7 +72,7 @@ def test_device_waking_after_the_cancel_still_gets_the_invite_then_a_cancel(
         "caller_cancel",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
-        keys={"domain": "pushgate.test", "callee": "carol", "caller_domain": "pushgate.test"},
+        keys={"domain": "pushgate.test", "callee": "carol", "caller_domain": "caller.example"},
         pause_ms=300,
         label="canceller",
     )

@@ -29,7 +29,7 @@ import yaml
 
 from testkit.linphone import Linphone, PushStyle, SipMessage
 from testkit.procs import wait_until
-from testkit.stack import DOMAIN, TEAM_PARAM_PREFIX, Stack
+from testkit.stack import DOMAIN, FOREIGN_DOMAIN, TEAM_PARAM_PREFIX, Stack
 from tests.conftest import LINPHONE_PASSWORD, MakeLinphone
 
 pytestmark = pytest.mark.e2e
@@ -86,7 +86,7 @@ def find(messages: list[SipMessage], *, out: bool, what: str, cseq: str = "") ->
 
 
 def sleep_push_wake_answer(
-    stack: Stack, phone: Linphone, voip_token: str, caller_domain: str = DOMAIN
+    stack: Stack, phone: Linphone, voip_token: str, caller_domain: str = FOREIGN_DOMAIN
 ) -> None:
     """Register, sleep, call: the push wakes linphonec, which answers; the caller hangs up."""
     stack.add_subscriber(phone.user, PASSWORD)

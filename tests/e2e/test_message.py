@@ -31,7 +31,7 @@ def test_message_to_sleeping_device_is_stored_pushed_and_delivered_after_restart
     assert stack.apns is not None
     (push,) = stack.apns.wait_for_pushes(1)
     assert (push.push_type, push.topic) == ("alert", "com.example.app")
-    assert push.payload.get("sender") == "sip:bob@pushgate.test"
+    assert push.payload.get("sender") == "sip:bob@caller.example"
     assert "preview" not in push.payload  # off by default: privacy
     # Nothing is lost across a restart of Kamailio and pushd.
     stack.stop_pushd()

@@ -15,7 +15,7 @@ from testkit import sipp
 from testkit.certs import TestPki
 from testkit.postgres import start_cluster
 from testkit.procs import free_port, wait_until
-from testkit.stack import DOMAIN, Stack, world_readable_tempdir
+from testkit.stack import DOMAIN, FOREIGN_DOMAIN, Stack, world_readable_tempdir
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def invite(callee: str, port: int, sip_port: int) -> bytes:
         f"INVITE sip:{callee}@{DOMAIN} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id[:12]};rport\r\n"
         "Max-Forwards: 70\r\n"
-        f"From: <sip:bob@{DOMAIN}>;tag=1\r\n"
+        f"From: <sip:bob@{FOREIGN_DOMAIN}>;tag=1\r\n"
         f"To: <sip:{callee}@{DOMAIN}>\r\n"
         f"Call-ID: {call_id}\r\n"
         "CSeq: 1 INVITE\r\n"
@@ -147,7 +147,7 @@ def test_an_invite_flood_to_a_sleeping_user_pushes_once_and_spares_other_users(
         "caller_fail",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
-        keys={"domain": DOMAIN, "callee": "dora", "caller_domain": DOMAIN},
+        keys={"domain": DOMAIN, "callee": "dora", "caller_domain": FOREIGN_DOMAIN},
         calls=40,
         rate=40,
         label="flood",

@@ -145,7 +145,7 @@ def test_local_caller_without_credentials_is_challenged(
     """An INVITE whose From is a local user needs digest auth (407), even to a local user."""
     stack = make_stack(flavour=flavour, pushd=False)
     stack.phone("alice")
-    caller = stack.call("alice", expect_answer=False)
+    caller = stack.call("alice", expect_answer=False, caller_domain=DOMAIN)
     assert caller.wait(10) == 0, caller.output()[-3000:]
     assert caller.final_response()[0] == 407
     (challenge,) = headers(caller.received()[-1], "Proxy-Authenticate")

@@ -180,8 +180,9 @@ def test_hostile_registers_are_refused_by_name_or_accepted_clean(
             continue
         if push is None:
             continue
-        # ... every binding stored with push params is clean ...
+        # ... every binding stored with push params is clean and fits the registrar ...
         assert_clean(push)
+        assert len(uri.encode("utf-8", "surrogatepass")) <= registration.MAX_CONTACT_URI
         # ... and one device (one +sip.instance) has one set of push params.
         instance = wake_token.contact_instance(contact)
         if instance and registration.contact_expires(contact, expires) != 0:

@@ -117,3 +117,14 @@ def test_one_device_with_two_sets_of_push_params_is_400() -> None:
     )
     # Replacing the token: the old binding removed in the same REGISTER.
     assert check(contact(APNS, instance + ";expires=0"), contact(other, instance)).status == 200
+
+
+def test_a_push_binding_the_registrar_cannot_store_is_400_naming_the_param() -> None:
+    # Found with tests/scenarios/register_pn_oversized: an FCM token of 450 characters
+    # passed (FCM allows 4096) and save() failed on registrar's 512-byte Contact limit
+    # with a bare "400 Bad Request", no Warning, and our Feature-Caps on it.
+    fcm = ";pn-provider=fcm;pn-prid={};pn-param=pushgate-test"
+    assert check(contact(fcm.format("A" * 300))).status == 200
+    r = check(contact(fcm.format("A" * 450)))
+    assert (r.status, r.warning.split(":")[0]) == (400, "pn-prid")
+    assert "512 bytes" in r.warning

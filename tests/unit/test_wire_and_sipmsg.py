@@ -109,6 +109,8 @@ def test_split_contacts_respects_quotes_and_brackets() -> None:
 
 def test_warning_header_is_quoted_safely() -> None:
     assert sipmsg.warning('pn-prid: bad "x"') == "Warning: 399 pushgate \"pn-prid: bad 'x'\""
+    # One line whatever the text; a backslash (repr's escapes) as a quoted-pair.
+    assert sipmsg.warning("a\r\nb: 'apns\\r'") == "Warning: 399 pushgate \"a??b: 'apns\\\\r'\""
 
 
 def test_contact_without_angle_brackets_has_header_params_not_uri_params() -> None:
