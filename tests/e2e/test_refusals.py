@@ -135,3 +135,29 @@ def test_a_local_caller_with_credentials_gets_through_and_only_as_itself(
     caller = call((bob.user, bob.password), "bob")
     assert caller.wait(20) == 0, caller.output()[-2000:]
     assert live.wait(15) == 97
+
+
+def test_a_message_a_local_user_stored_is_delivered_from_the_store(make_stack: MakeStack) -> None:
+    # msilo sends a stored MESSAGE with its sender's From: from a local user, it must not
+    # be challenged by our own authentication (it is trusted as msilo's, PUSHGATE_TRUSTED).
+    stack = make_stack()
+    alice = stack.phone("alice")
+    stack.register_and_sleep(alice)
+    bob = stack.phone("bob")
+    sender = sipp.start(
+        "sender_message_auth",
+        target_port=stack.kamailio.sip_port,
+        logdir=stack.logs,
+        keys={"domain": DOMAIN, "callee": "alice", "text": "from a neighbour",
+              "caller_domain": DOMAIN},
+        auth=(bob.user, bob.password),
+        label="sender",
+    )  # fmt: skip
+    assert sender.wait(10) == 0, sender.output()[-2000:]
+    assert statuses(sender)[-1] == "SIP/2.0 202 Accepted"
+    run = stack.register(alice, keep_open_ms=10000, take_message=True, label="woken")
+    assert run.wait(15) == 97, run.output()[-2000:]
+    message = next(m for m in run.received() if m.startswith("MESSAGE "))
+    assert f"From: \"Bob\" <sip:bob@{DOMAIN}>" in message or f"sip:bob@{DOMAIN}" in message
+    assert message.rstrip().endswith("from a neighbour")
+    assert [e["method"] for e in stack.events("request_challenged")] == ["MESSAGE"]
