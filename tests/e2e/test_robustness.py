@@ -202,3 +202,63 @@ def test_database_down_gives_honest_answers_and_service_comes_back(
         stack.stop()
         pg.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
+
+
+def test_kamailio_restarted_with_a_call_held_keeps_bindings_and_wakes_phones_again(
+    make_stack: MakeStack,
+) -> None:
+    # The held transaction dies with Kamailio (tm state is in its memory): that caller
+    # is ended by its own timers. What must survive: the bindings, and the service.
+    stack = make_stack(hold_timeout=20)
+    phone = stack.phone("gail")
+    stack.register_and_sleep(phone)
+    lost = stack.call("gail", expect_answer=False, label="lost")
+    assert stack.apns is not None
+    stack.apns.wait_for_pushes(1, timeout=5)
+    stack.stop_pushd()
+    stack.kamailio.stop()
+    stack.kamailio.start()
+    stack.start_pushd()
+    lost.stop()
+    assert phone.token in stack.kamailio.kamcmd("ul.dump")  # reloaded from the database
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("gail", expect_answer=True, label="after-restart")
+    assert caller.wait(30) == 0, caller.output()[-2000:]
+    assert len(woken) == 1 and woken[0].wait(15) == 97
+
+
+def test_a_slow_database_holds_up_registrations_only(make_stack: MakeStack) -> None:
+    import psycopg2
+
+    stack = make_stack()
+    sleeper, late = stack.phone("hugo"), stack.phone("iris")
+    stack.register_and_sleep(sleeper)
+    blocker = psycopg2.connect(stack.pg.dsn)
+    try:
+        with blocker.cursor() as cur:  # every write to usrloc's table now waits
+            cur.execute("LOCK TABLE location IN ACCESS EXCLUSIVE MODE")
+        waiting = stack.register(late, label="waiting")
+        wait_until(
+            lambda: (
+                stack.pg.query(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                )[0][0]
+                >= 1
+            ),
+            10,
+            "the REGISTER's write to wait for the lock",
+        )
+        assert waiting.proc.poll() is None
+        # SIP that needs no database write goes on: OPTIONS, and a call to a sleeping
+        # phone is pushed from usrloc's memory.
+        started = time.monotonic()
+        caller = stack.call("hugo", expect_answer=False, label="during-lock")
+        assert stack.apns is not None
+        stack.apns.wait_for_pushes(1, timeout=3)
+        assert time.monotonic() - started < 1.0
+        caller.stop()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert waiting.wait(15) == 0, waiting.output()[-2000:]
+    assert len(stack.bindings("iris")) == 1
