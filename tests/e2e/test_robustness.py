@@ -22,42 +22,56 @@ pytestmark = pytest.mark.e2e
 MakeStack = Callable[..., Stack]
 
 
-def invite(callee: str, port: int, sip_port: int) -> bytes:
+def invite(callee: str, port: int, transport: str) -> bytes:
     call_id = uuid.uuid4().hex
     return (
         f"INVITE sip:{callee}@{DOMAIN} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id[:12]};rport\r\n"
+        f"Via: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK{call_id[:12]};rport\r\n"
         "Max-Forwards: 70\r\n"
         f"From: <sip:bob@{DOMAIN}>;tag=1\r\n"
         f"To: <sip:{callee}@{DOMAIN}>\r\n"
         f"Call-ID: {call_id}\r\n"
         "CSeq: 1 INVITE\r\n"
-        f"Contact: <sip:bob@127.0.0.1:{port}>\r\n"
+        f"Contact: <sip:bob@127.0.0.1:{port};transport={transport.lower()}>\r\n"
         "Content-Length: 0\r\n\r\n"
     ).encode()
 
 
-def test_a_retransmitted_invite_pushes_once(make_stack: MakeStack) -> None:
-    # A caller whose 100 Trying was lost sends the same INVITE again.
+def final_status(read: Callable[[], bytes], timeout: float) -> str:
+    """The first final status code among the answers ``read`` returns (one per call)."""
+    deadline = time.monotonic() + timeout
+    buffered = b""
+    while time.monotonic() < deadline:
+        buffered += read()
+        while b"\r\n\r\n" in buffered:
+            head, _, buffered = buffered.partition(b"\r\n\r\n")
+            status = head.split(b" ", 2)[1].decode()
+            if not status.startswith("1"):
+                return status
+    raise AssertionError("no final answer")
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_a_retransmitted_invite_pushes_once(make_stack: MakeStack, transport: str) -> None:
+    # A caller whose 100 Trying was lost sends the same INVITE again (UDP), or an
+    # upstream proxy forwards such a retransmission over its TCP connection.
     stack = make_stack(hold_timeout=3)
     phone = stack.phone("alice")
     stack.register_and_sleep(phone)
-    port = free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", port))
-        udp.settimeout(6)
-        message = invite("alice", port, stack.kamailio.sip_port)
-        udp.sendto(message, ("127.0.0.1", stack.kamailio.sip_port))
+    kind = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(6)
+        port = sock.getsockname()[1]
+        target = ("127.0.0.1", stack.kamailio.sip_port)
+        message = invite("alice", port, transport)
+        if transport == "TCP":
+            sock.connect(target)
+        sock.sendto(message, target) if transport == "UDP" else sock.sendall(message)
         assert stack.apns is not None
         stack.apns.wait_for_pushes(1, timeout=5)
-        udp.sendto(message, ("127.0.0.1", stack.kamailio.sip_port))
-        finals = []
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline and not finals:
-            status = udp.recv(65535).decode(errors="replace").split()[1]
-            if not status.startswith("1"):
-                finals.append(status)
-    assert finals == ["480"]
+        sock.sendto(message, target) if transport == "UDP" else sock.sendall(message)
+        assert final_status(lambda: sock.recv(65535), 6) == "480"
     pushes = stack.apns.wait_for_pushes(2, timeout=5)
     assert [p.push_type for p in pushes] == ["voip", "alert"]  # the call, then "missed"
     assert len([e for e in stack.events("push_request") if e.get("kind") == "call"]) == 1
