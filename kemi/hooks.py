@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import KSR
 
-from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
+from kemi import callkit, compat, held_calls, ksr_bindings, messages, pushd_channel, pushing
 from kemi.host import Host, Route
 from kemi.settings import Settings, log, reply_reason
 from pushgate import flood, registration, setup_check, sipmsg, wake_token
@@ -52,6 +52,9 @@ class PushgateSetupError(RuntimeError):
 
 def check_setup() -> None:
     """Fail Kamailio's start-up, naming the fix, rather than the first call."""
+    kamailio = compat.detect()
+    if not kamailio.tested:
+        KSR.warn(f"pushgate: untested Kamailio {kamailio.release} (tested: 5.6, 6.0)\n")
     missing = tuple(m for m in REQUIRED_MODULES if not hasattr(KSR, m))
     facts = setup_check.KamailioFacts(missing_modules=missing)
     # jsonrpcs loaded by pushgate.cfg after a KEMI script's app_python3 is not initialised
@@ -194,7 +197,8 @@ class Hooks:
         pushing.landed([b.ruid for b in bindings if b.alive])
         # Calls already ringing elsewhere get it as a new branch (tsilo) ...
         if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
-            KSR.tsilo.ts_append_by_contact("location", to_aor())
+            rc = KSR.tsilo.ts_append_by_contact("location", to_aor())
+            log("ringing_join", aor=aor, outcome=compat.detect().ts_append_outcome(rc).value)
         # ... calls held with no branch at all are resumed ...
         for tx_key in held_calls.held_for_aor(aor):
             if held_calls.claim(tx_key):

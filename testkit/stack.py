@@ -127,9 +127,12 @@ class Stack:
         tls: bool = False,
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
+        kamailio: str = "5.6",
     ) -> None:
         """``flavour``: "allinone" (our kamailio.cfg) or a stock config ("default", "kemi")
-        with ``patches`` applied to it (``defines`` are then extra ``-A`` defines)."""
+        with ``patches`` applied to it (``defines`` are then extra ``-A`` defines).
+        ``kamailio``: the release to run (testkit.kamailio.KAMAILIO_VERSIONS); a stock
+        config is then that release's own."""
         if flavour != "allinone" and flavour not in stock.FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}")
         if patches and flavour == "allinone":
@@ -149,6 +152,7 @@ class Stack:
             secret=secret,
             extra=dict(defines or {}),
             tls=(pki.server_cert, pki.server_key, pki.ca_cert) if tls else None,
+            version=kamailio,
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.stock: stock.StockConfig | None = None
@@ -170,7 +174,11 @@ class Stack:
         k = self.kamailio
         site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
         self.stock = stock.prepare(
-            "kemi" if flavour == "kemi" else "default", k.workdir / "etc", site, patches
+            "kemi" if flavour == "kemi" else "default",
+            k.workdir / "etc",
+            site,
+            patches,
+            version=k.version,
         )
         k.cfg = self.stock.cfg
         k.cfg_defines = dict(self.stock.defines)
