@@ -1,7 +1,8 @@
 """Wake path timings on each way in: our all-in-one config vs Kamailio's stock configs with
 Pushgate's patches (default native cfg, KEMI Python example).
 
-    python -m bench.wake_path [--calls 10] [--flavours allinone,default,kemi] [--json FILE]
+    python -m bench.wake_path [--calls 10] [--flavours allinone,default,kemi]
+                              [--kamailio 5.6,6.0] [--json FILE]
 
 For each flavour: start the stack on loopback (throwaway PostgreSQL, Kamailio, pushd,
 fake APNs), register one SIPp iPhone and let it sleep, then play ``--calls`` calls, one
@@ -11,6 +12,9 @@ Kamailio's timeline and the fake APNs' receive times:
 - INVITE in -> push at APNs: ``request_in`` to the fake's receipt of the VoIP push;
 - REGISTER in -> INVITE relayed: ``register_in`` (after ``save()``) to ``invite_relayed``
   (the held transaction continued into the host's delivery).
+
+``--kamailio``: the Kamailio releases to run each flavour on (5.6: the host's; 6.0: the
+Debian 13 root of scripts/kamailio-root.sh, with that release's stock configs and patches).
 
 Bounded: ``--calls`` calls per flavour, each waited for at most 45 s.
 """
@@ -30,11 +34,15 @@ from testkit.postgres import start_cluster
 from testkit.stack import Phone, Stack, is_call_push, world_readable_tempdir
 
 REPO = Path(__file__).resolve().parent.parent
-PATCHES = {
-    "default": [REPO / "patches" / "kamailio-5.6-default.patch"],
-    "kemi": [REPO / "patches" / "kamailio-5.6-kemi-python.patch"],
-    "allinone": [],
-}
+PATCH_NAMES = {"default": "default", "kemi": "kemi-python"}
+
+
+def patches(flavour: str, kamailio: str) -> list[Path]:
+    if flavour not in PATCH_NAMES:
+        return []
+    return [REPO / "patches" / f"kamailio-{kamailio}-{PATCH_NAMES[flavour]}.patch"]
+
+
 FOREIGN = "caller.example"
 
 
@@ -63,14 +71,16 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_flavour(flavour: str, calls: int, root: Path) -> dict[str, object]:
-    pg = start_cluster(root / f"pg-{flavour}")
+def run_flavour(flavour: str, calls: int, root: Path, kamailio: str = "5.6") -> dict[str, object]:
+    name = f"{flavour}-{kamailio}"
+    pg = start_cluster(root / f"pg-{name}")
     stack = Stack(
-        root / f"stack-{flavour}",
+        root / f"stack-{name}",
         pg,
-        make_test_pki(root / f"pki-{flavour}"),
+        make_test_pki(root / f"pki-{name}"),
         flavour=flavour,
-        patches=PATCHES[flavour],
+        patches=patches(flavour, kamailio),
+        kamailio=kamailio,
     )
     try:
         stack.start()
@@ -96,14 +106,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--flavours", default="allinone,default,kemi")
+    parser.add_argument("--kamailio", default="5.6", help="releases, e.g. 5.6,6.0")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = world_readable_tempdir("pushgate-wake-bench-")
     results = {}
     try:
-        for flavour in args.flavours.split(","):
-            results[flavour] = run_flavour(flavour, max(2, min(args.calls, 100)), root)
-            print(flavour, json.dumps(results[flavour]), flush=True)
+        for kamailio in args.kamailio.split(","):
+            for flavour in args.flavours.split(","):
+                key = flavour if kamailio == "5.6" else f"{flavour}@{kamailio}"
+                calls = max(2, min(args.calls, 100))
+                results[key] = run_flavour(flavour, calls, root, kamailio)
+                print(key, json.dumps(results[key]), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

@@ -128,11 +128,13 @@ class Stack:
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
         kamailio: str = "5.6",
+        stock_from: str | None = None,
     ) -> None:
         """``flavour``: "allinone" (our kamailio.cfg) or a stock config ("default", "kemi")
         with ``patches`` applied to it (``defines`` are then extra ``-A`` defines).
         ``kamailio``: the release to run (testkit.kamailio.KAMAILIO_VERSIONS); a stock
-        config is then that release's own."""
+        config is then that release's own, or ``stock_from``'s (e.g. 5.6's files on 6.0:
+        an operator's config kept across the upgrade)."""
         if flavour != "allinone" and flavour not in stock.FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}")
         if patches and flavour == "allinone":
@@ -157,7 +159,7 @@ class Stack:
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.stock: stock.StockConfig | None = None
         if flavour != "allinone":
-            self._use_stock(flavour, patches)
+            self._use_stock(flavour, patches, stock_from or kamailio)
         self.apns: FakeApnsThread | None = None
         self.fcm: FakeFcm | None = None
         self._fcm_seen = 0
@@ -170,7 +172,7 @@ class Stack:
         """(wall-clock time, record) of every push the fakes saw, in order."""
         self._lock = threading.Lock()
 
-    def _use_stock(self, flavour: str, patches: Sequence[Path]) -> None:
+    def _use_stock(self, flavour: str, patches: Sequence[Path], files_of: str) -> None:
         k = self.kamailio
         site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
         self.stock = stock.prepare(
@@ -178,7 +180,7 @@ class Stack:
             k.workdir / "etc",
             site,
             patches,
-            version=k.version,
+            version=files_of,
         )
         k.cfg = self.stock.cfg
         k.cfg_defines = dict(self.stock.defines)

@@ -61,6 +61,7 @@ def make_stack(
         tls: bool = False,
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
+        stock_from: str | None = None,
     ) -> Stack:
         stack = Stack(
             tmp_path / f"stack{len(stacks)}",
@@ -73,6 +74,7 @@ def make_stack(
             flavour=flavour,
             patches=patches,
             kamailio=kamailio_version,
+            stock_from=stock_from,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)

@@ -103,6 +103,23 @@ def test_sleeping_iphone_is_woken_by_apns_and_answers(flavour: str, dropin: Drop
     assert "ACC: transaction answered:" in log
 
 
+@on_kamailio("6.0")
+def test_a_5_6_config_with_its_hooks_keeps_working_after_the_upgrade_to_6_0(
+    flavour: str, make_stack: MakeStack
+) -> None:
+    """Debian's upgrade keeps an operator's changed kamailio.cfg (and KEMI script): 5.6's
+    stock files with 5.6's patches, run by Kamailio 6.0."""
+    stack = make_stack(flavour=flavour, patches=[patch_for(flavour, "5.6")], stock_from="5.6")
+    phone = stack.phone("paul")
+    stack.register_and_sleep(phone)
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("paul", expect_answer=True, caller_domain=FOREIGN)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert stack.apns is not None and [p.push_type for p in stack.apns.pushes] == ["voip"]
+    assert len(woken) == 1 and woken[0].wait(15) == 97
+    assert "ACC: transaction answered:" in stack.kamailio.log.read_text(errors="replace")
+
+
 def test_sleeping_android_is_woken_by_fcm_and_answers(flavour: str, dropin: Dropin) -> None:
     stack = dropin(flavour)
     phone = stack.phone("bob", provider="fcm")
