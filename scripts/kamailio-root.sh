@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A Debian 13 (trixie) root with Kamailio 6.0 and Python 3.13, cached in .cache/trixie/,
-# for the tests that run Pushgate on Kamailio 6.0 (testkit/kamailio.py, KAMAILIO_ROOTS).
+# for the tests that run Pushgate on Kamailio 6.0 (testkit/kamailio.py, ROOTS).
 #
 # Idempotent: a second run only checks a stamp. Built with debootstrap from the Debian
 # mirror the host's own apt configuration names (/etc/apt/sources.list*), so it works
@@ -9,7 +9,8 @@
 #   bash scripts/kamailio-root.sh            build if missing, print the root's path
 #   bash scripts/kamailio-root.sh --rebuild  build again from scratch
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")
+cd "$(dirname "$self")/.."
 
 SUITE=trixie
 ROOT=.cache/$SUITE
@@ -21,7 +22,9 @@ PACKAGES=(
   python3 python3-pytest
 )
 STAMP_FILE=.pushgate-root
-stamp=$(printf '%s\n' "$SUITE" "${PACKAGES[@]}" | sha1sum | cut -c1-12)
+# The root is rebuilt when this script changes (packages, steps); --rebuild takes Debian's
+# updates since the last build.
+stamp=$(sha1sum "$self" | cut -c1-12)
 
 if [ "${1:-}" != "--rebuild" ] && [ "$(cat "$ROOT/$STAMP_FILE" 2>/dev/null)" = "$stamp" ]; then
   echo "$ROOT"
