@@ -10,6 +10,7 @@ APT_PACKAGES=(
   kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-outbound-modules
   kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules
   postgresql-15 postgresql-client-15 sip-tester socat python3-venv python3-pip linphone-cli
+  patch
 )
 
 missing=()
