@@ -19,6 +19,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cancel_held": ("held_calls", ("=cancelled",)),
     "push_unavailable": ("held_calls", ("=pushd_unavailable",)),
     "wake_token": ("wake_tokens", ("accepted",)),
+    "edge_binding": ("edge_bindings", ("capped", "refreshable")),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")

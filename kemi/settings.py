@@ -34,6 +34,10 @@ class Settings:
     cancel_grace: int
     msg_preview: bool
     metrics_allow: frozenset[str]
+    edge: bool = False
+    """Edge mode (edge.cfg, docs/edge.md): the registrar is the upstream, not this Kamailio."""
+    flow_secret: str = ""
+    """Edge mode: outbound's ``flow_token_secret`` (PUSHGATE_EDGE_FLOW_SECRET)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -52,6 +56,8 @@ class Settings:
                 for ip in define("PUSHGATE_METRICS_ALLOW", "127.0.0.1").split(",")
                 if ip.strip()
             ),
+            edge=KSR.pv.get("$def(PUSHGATE_EDGE)") is not None,
+            flow_secret=define("PUSHGATE_EDGE_FLOW_SECRET", ""),
         )
 
 

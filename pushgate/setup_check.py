@@ -23,6 +23,8 @@ class KamailioFacts:
     """The error of ``ul.db_users location`` ("... db_mode=0" when usrloc has no DB)."""
     memory_only_ok: bool = False
     """PUSHGATE_USRLOC_MEMORY is defined: the operator accepts bindings lost on restart."""
+    edge_secret_missing: bool = False
+    """Edge mode without a PUSHGATE_EDGE_FLOW_SECRET (or with the placeholder)."""
 
 
 def problems(facts: KamailioFacts) -> list[str]:
@@ -49,5 +51,11 @@ def problems(facts: KamailioFacts) -> list[str]:
             "sleeping phone, and a sleeping phone cannot re-register without a push; set "
             'modparam("usrloc", "db_mode", 1 or 2) (WITH_USRLOCDB in Kamailio\'s default '
             "cfg), or #!define PUSHGATE_USRLOC_MEMORY to accept it"
+        )
+    if facts.edge_secret_missing:
+        out.append(
+            "edge mode without a flow token secret: #!define PUSHGATE_EDGE_FLOW_SECRET as a "
+            "long random string (outbound's flow_token_secret; tokens must survive a "
+            "restart and Pushgate makes them too)"
         )
     return out
