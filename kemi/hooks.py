@@ -513,6 +513,10 @@ class Hooks:
             return False
         KSR.tm.t_newtran()
         self.push_and_hold(current_held(aor, sip_uri(aor)), decision.push)
+        if held_calls.for_callid(callid) is not None:
+            # The upstream may CANCEL this branch (answered elsewhere) only after a 1xx;
+            # sent once the push is on its way, so a CANCEL comes after it.
+            KSR.tm.t_reply(100, "Trying")
         return True
 
     def _edge_device_by_contact(self) -> tuple[str, str] | None:

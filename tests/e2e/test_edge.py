@@ -25,7 +25,7 @@ from pushd.config import Secret
 from pushgate import flow_token
 from testkit import sipp
 from testkit.linphone import Linphone, PushStyle
-from testkit.procs import wait_until
+from testkit.procs import free_port, wait_until
 from testkit.stack import DOMAIN, EDGE_FLOW_SECRET, TEAM_PARAM_PREFIX, Stack
 from tests.conftest import MakeLinphone
 from tests.e2e.test_linphone import BUNDLE, VOIP_TOKEN, find, sleep_push_wake_answer
@@ -192,6 +192,8 @@ def test_phone_that_never_wakes_gets_480_at_the_hold_timeout(edge: Edge) -> None
     code, reason = caller.final_response()
     assert code == 480 and "did not wake" in reason
     assert 2.5 <= time.monotonic() - started <= 6
+    assert stack.apns is not None
+    assert [p.push_type for p in stack.apns.wait_for_pushes(2)] == ["voip", "alert"]  # missed
 
 
 def test_apns_410_ends_the_call_early_and_removes_the_edges_binding(edge: Edge) -> None:
@@ -235,6 +237,66 @@ def test_cancel_during_the_hold_gives_487(edge: Edge) -> None:
     kinds = [p.push_type for p in stack.apns.wait_for_pushes(2)]
     assert kinds == ["voip", "alert"]  # the call, then its cancel notice
     assert [e["event"] for e in stack.events("cancel_held")] == ["cancel_held"]
+
+
+def test_device_waking_after_the_cancel_gets_the_invite_then_a_cancel(edge: Edge) -> None:
+    """CallKit grace through the edge: the late phone sees the call, then its end."""
+    stack = edge()
+    phone = stack.phone("gail")
+    stack.register_and_sleep(phone)
+    late = stack.wake_on_push(phone, ring=True, delay=1.0)  # wakes after the caller gave up
+    caller = sipp.start(
+        "caller_cancel",
+        target_port=stack.caller_port,
+        logdir=stack.logs,
+        keys={"domain": DOMAIN, "callee": "gail", "caller_domain": FOREIGN},
+        pause_ms=300,
+        label="canceller",
+    )
+    assert caller.wait(10) == 0, caller.output()[-3000:]
+    wait_until(lambda: bool(late), 10, "the late wake-up")
+    assert late[0].wait(15) == 97, "the late phone got INVITE then CANCEL"
+    requests = [m for m in late[0].received() if not m.startswith("SIP/2.0")]
+    assert [m.split(" ", 1)[0] for m in requests] == ["INVITE", "CANCEL", "ACK"]
+    assert "Reason: SIP;cause=487" in requests[1]
+
+
+def test_sleeping_device_hears_the_call_was_answered_elsewhere(edge: Edge) -> None:
+    """A desk phone registered directly at the upstream answers; the upstream cancels the
+    edge's branch (Reason: SIP;cause=200) and the sleeping iPhone gets the notice."""
+    stack = edge()
+    iphone, desk = stack.phone("hugo", n=1), stack.phone("hugo", n=2)
+    stack.register_and_sleep(iphone)
+    port = free_port()
+    desk_run = sipp.start(
+        "phone_register",
+        target_port=stack.caller_port,  # straight to the upstream, not through the edge
+        logdir=stack.logs,
+        transport="t1",
+        local_port=port,
+        keys={
+            **desk.keys(),
+            "pn": "",
+            "contact_hostport": f"127.0.0.1:{port}",
+            "dialog_contact": desk.dialog_contact(f"127.0.0.1:{port}"),
+        },
+        auth=(desk.user, desk.password),
+        ooc="phone_answer",
+        pause_ms=15000,
+        label="desk",
+    )
+    wait_until(lambda: len(stack.upstream_bindings("hugo")) == 2, 10, "two bindings upstream")
+    assert len(stack.bindings("hugo")) == 1  # the edge keeps its own phone only
+    caller = stack.call("hugo", expect_answer=True, caller_domain=FOREIGN)
+    assert caller.wait(20) == 0, caller.output()[-3000:]
+    assert desk_run.wait(10) == 97
+    assert stack.apns is not None
+    pushes = stack.apns.wait_for_pushes(2, timeout=5)
+    assert [(p.token, p.push_type) for p in pushes] == [
+        (iphone.token, "voip"),
+        (iphone.token, "alert"),
+    ]
+    assert pushes[1].payload.get("reason") == "answered_elsewhere"
 
 
 def test_wrong_password_gets_the_upstreams_challenge_and_nothing_is_stored(edge: Edge) -> None:
