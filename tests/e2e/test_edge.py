@@ -117,6 +117,9 @@ def test_sleeping_iphone_is_woken_through_the_edge_and_answers(edge: Edge) -> No
     received = woken[0].received()
     assert received[0].startswith("SIP/2.0 401 Unauthorized")
     assert f'realm="{DOMAIN}"' in received[0]
+    # The upstream's 2xx reaches the phone with the edge's RFC 8599 Feature-Caps added.
+    (ok,) = [m for m in received if m.startswith("SIP/2.0 200") and "REGISTER" in m]
+    assert 'Feature-Caps: *;+sip.pns="apns"' in ok
     invites = [m for m in received if m.startswith("INVITE ")]
     assert len(invites) == 1
     (new_contact,) = stack.upstream_bindings("alice")
@@ -130,6 +133,23 @@ def test_sleeping_iphone_is_woken_through_the_edge_and_answers(edge: Edge) -> No
     events = [e["event"] for e in stack.events() if e.get("callid") == push.payload["call_id"]]
     assert events[:2] == ["request_in", "push_request"] and "invite_relayed" in events
     assert [m for m in caller.received() if m.startswith("SIP/2.0 200")], "BYE answered"
+
+
+def test_after_an_edge_restart_a_sleeping_phone_is_still_pushed_and_reached(edge: Edge) -> None:
+    """The upstream keeps the Path (and its token) across the edge's restart: the token
+    still verifies (persistent secret), the edge finds the binding in its database copy,
+    pushes, and the woken phone gets the call."""
+    stack = edge()
+    phone = stack.phone("olga")
+    stack.register_and_sleep(phone)
+    connected = stack.count_events("pushd_connected")
+    stack.kamailio.stop()
+    stack.kamailio.start()
+    wait_until(lambda: stack.count_events("pushd_connected") > connected, 10, "pushd back")
+    woken = stack.wake_on_push(phone)
+    caller = stack.call("olga", expect_answer=True, caller_domain=FOREIGN)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert len(woken) == 1 and woken[0].wait(15) == 97
 
 
 def test_sleeping_android_is_woken_by_fcm_through_the_edge(edge: Edge) -> None:
