@@ -1,7 +1,8 @@
 """Edge mode, Kamailio side: the phones' flows and the edge's copy of their bindings.
 
-The upstream registrar stores each phone's binding with a Path through the edge (an
-RFC 5626 flow token, made by Kamailio's outbound module). The edge keeps:
+The upstream registrar stores each phone's binding with a Path through the edge, whose
+user part is an RFC 5626 flow token naming the phone's flow (pushgate/flow_token.py).
+The edge keeps:
 
 - a copy of the push bindings in its own usrloc (``save()`` of the upstream's 2xx, in
   the REGISTER's onreply route), so pn params, instance and the granted expiry survive
@@ -169,7 +170,7 @@ def save_granted(
         kept = [b for b in after if b.ruid not in drop]
         for b in kept:
             if b.uri in registered:
-                expires = plan.granted_expires(reply_contacts, b.uri) or 3600
+                expires = plan.granted_expires(reply_contacts, b.uri, expires_header()) or 3600
                 record = FlowRecord(flow=stash.flow, conid=stash.conid, contact=b.uri)
                 remember(key, plan.device_of(b), record, expires + MARGIN)
         return key, kept

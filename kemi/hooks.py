@@ -427,8 +427,8 @@ class Hooks:
         woken = [b for b in kept if b.uri in registered]
         for b in woken:
             if b.push is not None:
-                granted = edge_plan.granted_expires(reply_contacts, b.uri) or 0
-                g = edge_plan.grant(edge.asked_expires(stash, b.uri), granted, b.push)
+                granted = edge_plan.granted_expires(reply_contacts, b.uri, edge.expires_header())
+                g = edge_plan.grant(edge.asked_expires(stash, b.uri), granted or 0, b.push)
                 log(
                     "edge_binding",
                     aor=aor,
@@ -507,6 +507,11 @@ class Hooks:
                 edge.send_over(record.flow, ruri=decision.relay[0].uri)
                 edge.record_route(record.flow, self._flow_key)
                 return False
+        if decision.action is Action.PUSH and KSR.is_OPTIONS():
+            # A registrar's keep-alive (Asterisk's qualify) to a phone asleep with push:
+            # reachable, by push. Relayed, it would fail and the binding be marked down.
+            KSR.sl.sl_send_reply(200, "OK")
+            return True
         if decision.action is not Action.PUSH or not KSR.is_INVITE():
             # Not a push binding of ours: over the token's flow, as any edge proxy would.
             edge.record_route(flow, self._flow_key)

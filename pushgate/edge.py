@@ -58,11 +58,14 @@ def stale(
     ]
 
 
-def granted_expires(reply_contacts: Sequence[str], uri: str) -> int | None:
-    """The expiry the upstream's 2xx gives the binding ``uri`` (its Contact ``expires``)."""
+def granted_expires(
+    reply_contacts: Sequence[str], uri: str, expires_header: int | None = None
+) -> int | None:
+    """The expiry the upstream's 2xx gives the binding ``uri``: its Contact's ``expires``
+    (Kamailio, Asterisk), else the 2xx's Expires header (FreeSWITCH echoes the Contact)."""
     for contact in reply_contacts:
         if sipmsg.contact_uri(contact) == uri:
-            return registration.contact_expires(contact, None)
+            return registration.contact_expires(contact, expires_header)
     return None
 
 

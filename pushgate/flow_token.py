@@ -1,23 +1,27 @@
-"""RFC 5626 flow tokens, byte for byte as Kamailio's outbound module makes them (pure).
+"""RFC 5626 flow tokens (§5.2), in the format of Kamailio's outbound module (pure).
 
-In edge mode (docs/edge.md) Kamailio's path module puts a flow token in the Path header
-of every REGISTER it relays to the upstream registrar (``add_path()`` asks outbound for
-it), and rr's ``loose_route()`` decodes the token of a request coming back and sends it
-over that flow. Pushgate makes the same tokens itself for the Record-Route of calls
-(``rr`` ``custom_user_avp``): a call held while its phone slept is delivered over the
-phone's *new* flow, and the dialog must follow that flow, not the one the upstream
-routed the INVITE to.
+In edge mode (docs/edge.md) every REGISTER the edge relays to the upstream registrar
+carries a Path whose user part is a flow token naming the phone's flow; requests the
+upstream sends back for that binding have it in their Route, and the edge sends them
+over that flow only if the token verifies. The edge's Record-Route carries the token
+of the flow a dialog's requests must take (for a call held while its phone slept: the
+phone's *new* flow).
 
-Format (``src/modules/outbound/outbound_mod.c``, Kamailio 5.6): the base64 (standard
-alphabet, ``=`` padding) of
+Pushgate makes and checks the tokens itself: Kamailio 5.6's outbound module keys its
+HMAC with SHA1 of "" whatever ``flow_token_secret`` says (the parameter is declared
+``PARAM_STRING`` into a ``str``, whose length stays 0; fixed in Kamailio 6.1, commit
+046ba41e), so its tokens can be forged by anyone; without the secret its key is random
+per start and every Path stored upstream dies with a restart.
+
+Format (``src/modules/outbound/outbound_mod.c``): the base64 (standard alphabet, ``=``
+padding) of
 
     HMAC-SHA1-80 | proto | local IP | local port | remote IP | remote port
          10      |   1   |  4 / 16  |     2      |  4 / 16   |      2
 
 ``proto`` is Kamailio's ``sip_protos`` number, with bit 7 set for IPv6; ports are big
 endian; the HMAC (its last 10 bytes) covers everything after it, keyed with
-SHA1(``flow_token_secret``). A token that does not verify is refused by ``loose_route``
-(-2, the edge answers 403).
+SHA1(secret), as outbound's ``flow_token_secret`` does once it works.
 """
 
 from __future__ import annotations

@@ -172,6 +172,9 @@ class FakeKSR(types.ModuleType):
     def is_ACK(self) -> bool:
         return self.method == "ACK"
 
+    def is_OPTIONS(self) -> bool:
+        return self.method == "OPTIONS"
+
     def is_myself(self, uri: str) -> bool:
         return bool(self.returns.get("is_myself", False))
 

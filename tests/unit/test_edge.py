@@ -103,6 +103,8 @@ def test_granted_expiry_and_the_cap_the_metrics_count() -> None:
     ]
     assert plan.granted_expires(reply, "sip:a@p1;transport=tcp") == 3600
     assert plan.granted_expires(reply, "sip:a@gone") is None
+    # FreeSWITCH echoes the Contact and grants in an Expires header.
+    assert plan.granted_expires(["<sip:a@fs>"], "sip:a@fs", 300) == 300
     voip = pn_params.parse_uri(IPHONE_URI)
     assert voip is not None
     g = plan.grant(7200, 3600, voip)
