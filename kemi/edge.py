@@ -169,7 +169,7 @@ def save_granted(
                 KSR.registrar.unregister_ruid(TABLE, aor_uri, b.ruid)
         kept = [b for b in after if b.ruid not in drop]
         for b in kept:
-            if b.uri in registered:
+            if plan.contact_key(b.uri) in {plan.contact_key(u) for u in registered}:
                 expires = plan.granted_expires(reply_contacts, b.uri, expires_header()) or 3600
                 record = FlowRecord(flow=stash.flow, conid=stash.conid, contact=b.uri)
                 remember(key, plan.device_of(b), record, expires + MARGIN)
@@ -253,6 +253,6 @@ def expires_header() -> int | None:
 
 def asked_expires(stash: Stash, uri: str) -> int | None:
     for contact in stash.contacts:
-        if sipmsg.contact_uri(contact) == uri:
+        if plan.contact_key(sipmsg.contact_uri(contact)) == plan.contact_key(uri):
             return registration.contact_expires(contact, stash.expires)
     return None

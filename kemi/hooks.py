@@ -123,24 +123,32 @@ class Hooks:
     def cancel(self) -> bool:
         """Before the host relays a CANCEL. True: it was for a held call and is answered."""
         callid = str(KSR.pv.get("$ci"))
+        # One CANCEL of a call at a time: a retransmitted or duplicate one (a proxy may
+        # send two) must find the call handled, not tell its devices twice.
+        KSR.htable.sht_lock(held_calls.BY_CALLID, callid)
+        try:
+            return self._cancel(callid)
+        finally:
+            KSR.htable.sht_unlock(held_calls.BY_CALLID, callid)
+
+    def _cancel(self, callid: str) -> bool:
         held = held_calls.for_callid(callid)
         if held is None:
             return False
         # Through an edge, the upstream cancels a branch that was answered elsewhere.
         elsewhere = sipmsg.answered_elsewhere(str(KSR.pv.get("$hdr(Reason)") or ""))
+        reason = "answered_elsewhere" if elsewhere else ""
         if held_calls.claim(held.tx_key):
             KSR.sl.sl_send_reply(200, "OK")
             log("cancel_held", callid=callid, aor=held.aor)
-            pushing.send_notices(
-                self.settings, held, "cancel", reason="answered_elsewhere" if elsewhere else ""
-            )
+            pushing.send_notices(self.settings, held, "cancel", reason=reason)
             callkit.remember_cancelled(self.settings, held, callid)
             held_calls.forget(held, callid)
             self.host.continue_tx(held.index, held.label, Route.CANCELLED)
             return True
         # Ringing, with some pushed devices still asleep: tell them too; the host relays
         # the CANCEL to the ringing branches.
-        pushing.send_notices(self.settings, held, "cancel")
+        pushing.send_notices(self.settings, held, "cancel", reason=reason)
         held_calls.forget(held, callid)
         return False
 
@@ -423,8 +431,8 @@ class Hooks:
         if "sip.pns" not in str(KSR.pv.get("$hdr(Feature-Caps)") or ""):
             for header in check.extra_headers:
                 KSR.hdr.append(header + "\r\n")
-        registered = {sipmsg.contact_uri(c) for c in stash.contacts}
-        woken = [b for b in kept if b.uri in registered]
+        registered = {edge_plan.contact_key(sipmsg.contact_uri(c)) for c in stash.contacts}
+        woken = [b for b in kept if edge_plan.contact_key(b.uri) in registered]
         for b in woken:
             if b.push is not None:
                 granted = edge_plan.granted_expires(reply_contacts, b.uri, edge.expires_header())

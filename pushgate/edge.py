@@ -28,6 +28,20 @@ def device_of(binding: Binding) -> str:
     return device_key(binding.instance, binding.uri)
 
 
+def contact_key(uri: str) -> str:
+    """A Contact URI as the upstream's 2xx is matched against the REGISTER: scheme, user,
+    host, port and transport. An upstream may add parameters of its own to the Contacts
+    it lists (FreeSWITCH's ``fs_nat``, ``fs_path``); it must not change these."""
+    scheme, _, rest = uri.strip().partition(":")
+    main, *params = rest.split(";")
+    transport = ""
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "transport":
+            transport = value.strip().lower()
+    return f"{scheme.lower()}:{main.split('?', 1)[0].lower()};{transport}"
+
+
 @dataclass(frozen=True)
 class Kept:
     """A usrloc binding as the copy's bookkeeping sees it."""
@@ -47,14 +61,17 @@ def stale(
 
     ``granted``: Contact URIs of the 2xx (what the upstream holds now); ``registered``:
     the URIs of the REGISTER the edge relayed; ``kept_before``: the copy's URIs before
-    this ``save()``. A binding stays when the upstream still holds it and it came
-    through this edge (this REGISTER, or already in the copy). Everything else the 2xx
-    made ``save()`` store is another device's, registered elsewhere: removed.
+    this ``save()``; all compared by :func:`contact_key`. A binding stays when the
+    upstream still holds it and it came through this edge (this REGISTER, or already in
+    the copy). Everything else the 2xx made ``save()`` store is another device's,
+    registered elsewhere: removed.
     """
+    granted_keys = {contact_key(u) for u in granted}
+    ours = {contact_key(u) for u in (*registered, *kept_before)}
     return [
         k.ruid
         for k in saved
-        if k.uri not in granted or (k.uri not in registered and k.uri not in kept_before)
+        if contact_key(k.uri) not in granted_keys or contact_key(k.uri) not in ours
     ]
 
 
@@ -64,7 +81,7 @@ def granted_expires(
     """The expiry the upstream's 2xx gives the binding ``uri``: its Contact's ``expires``
     (Kamailio, Asterisk), else the 2xx's Expires header (FreeSWITCH echoes the Contact)."""
     for contact in reply_contacts:
-        if sipmsg.contact_uri(contact) == uri:
+        if contact_key(sipmsg.contact_uri(contact)) == contact_key(uri):
             return registration.contact_expires(contact, expires_header)
     return None
 

@@ -19,3 +19,11 @@ def test_every_pushgate_setting_is_documented() -> None:
     names = {line.split()[1] for line in cfg.splitlines() if line.startswith("#!trydef ")}
     assert names, "pushgate.cfg has no #!trydef settings"
     assert sorted(n for n in names if f"`{n}`" not in doc) == []
+
+
+def test_every_edge_setting_is_documented() -> None:
+    cfg = (REPO / "edge.cfg").read_text()
+    doc = (REPO / "docs" / "edge.md").read_text()
+    names = {line.split()[1] for line in cfg.splitlines() if line.startswith("#!trydef ")}
+    assert "PUSHGATE_EDGE_UPSTREAM" in names
+    assert sorted(n for n in names if f"`{n}`" not in doc) == []

@@ -96,6 +96,21 @@ def test_the_copy_keeps_bindings_registered_through_the_edge_that_the_upstream_h
     ) == ["r3"]
 
 
+def test_the_upstreams_own_contact_params_do_not_make_another_binding() -> None:
+    registered = "sip:a@10.0.0.5:40000;transport=tcp;pn-provider=fcm;pn-prid=t"
+    echoed = registered + ";fs_nat=yes"  # FreeSWITCH lists its stored Contact
+    assert plan.contact_key(echoed) == plan.contact_key(registered)
+    assert plan.contact_key(registered.replace("40000", "40001")) != plan.contact_key(registered)
+    assert plan.contact_key(registered.replace("tcp", "tls")) != plan.contact_key(registered)
+    assert (
+        plan.stale(
+            [plan.Kept("r1", echoed)], granted={echoed}, registered={registered}, kept_before=set()
+        )
+        == []
+    )
+    assert plan.granted_expires([f"<{echoed}>;expires=60"], registered) == 60
+
+
 def test_granted_expiry_and_the_cap_the_metrics_count() -> None:
     reply = [
         '<sip:a@p1;transport=tcp>;expires=3600;+sip.instance="<urn:uuid:1>"',
