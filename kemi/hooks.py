@@ -73,7 +73,12 @@ def check_setup() -> None:
         )
     if KSR.pv.get("$def(PUSHGATE_EDGE)") is not None:
         secret = define("PUSHGATE_EDGE_FLOW_SECRET", "")
-        facts = dataclasses.replace(facts, edge_secret_missing=secret in ("", "change-me"))
+        facts = dataclasses.replace(
+            facts,
+            edge_secret_missing=secret in ("", "change-me"),
+            edge_missing_modules=tuple(m for m in ("rr", "path") if not hasattr(KSR, m)),
+            edge_outbound_loaded=KSR.pv.get("$def(MOD_outbound)") is not None,
+        )
     found = setup_check.problems(facts)
     for problem in found:
         KSR.err(f"pushgate: cannot start: {problem}\n")
