@@ -252,8 +252,14 @@ class Hooks:
         self._resuming = ""
         decision = decide(bindings)
         self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        if resuming:
+            # The woken device's INVITE on its way out (logged as invite_relayed).
+            if decision.action is not Action.RELAY:
+                reply_reason(480, "Temporarily Unavailable", "Device not registered")
+                return True
+            return False
         if not bindings:
-            return self._unknown(resuming)
+            return False
         log(
             "request_in",
             method=KSR.pv.get("$rm"),
@@ -271,11 +277,6 @@ class Hooks:
                 asleep=decision.push,
                 failure_route=self.host.route_name(Route.MESSAGE_FAILED),
             )
-        if resuming:
-            if decision.action is not Action.RELAY:
-                reply_reason(480, "Temporarily Unavailable", "Device not registered")
-                return True
-            return False
         if not KSR.is_INVITE() or not decision.push:
             return False
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
@@ -321,12 +322,6 @@ class Hooks:
             in_flight=pushing.in_flight(ruids),
             limits=self.settings.limits,
         )
-
-    def _unknown(self, resuming: bool) -> bool:
-        if resuming:
-            reply_reason(480, "Temporarily Unavailable", "Device not registered")
-            return True
-        return False
 
     def push_while_ringing(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
         """Live devices ring now; sleeping ones get a push and join as branches if they wake."""
