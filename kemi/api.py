@@ -16,6 +16,16 @@ Two things to add to your script (docs/integrate.md shows the patch to Kamailio'
        pushgate.location()    start of location, before lookup True: handled, stop
        pushgate.branch()      branch route                     False: drop the branch
        pushgate.reply()       reply route (ksr_reply_route)
+
+   In edge mode (docs/edge.md; the registrar is another server), instead of
+   register/registered/location::
+
+       pushgate.edge_register()    phone's REGISTER, before relaying it    False: stop
+       pushgate.edge_registered()  onreply route of its 2xx (does save())
+       pushgate.edge_route()       any request from the upstream, first    False: stop
+       pushgate.edge_location()    initial request from the upstream       True: stop
+                                   (also the woken-INVITE delivery; it record-routes)
+       pushgate.edge_outgoing()    a phone's own initial request (it record-routes)
 """
 
 from __future__ import annotations

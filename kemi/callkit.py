@@ -27,12 +27,20 @@ CANCEL_REASON = 'Reason: SIP;cause=487;text="Call cancelled"'
 def remember_cancelled(settings: Settings, held: held_calls.Held, callid: str) -> None:
     call = json.dumps({"callid": callid, "caller": str(KSR.pv.get("$fu"))})
     for dest in held_calls.targets(held):
+        if not dest.get("pushed"):
+            continue  # never pushed for this call: nothing for CallKit to show
         key = wake_token.binding_key(held.aor, dest["instance"])
         KSR.htable.sht_setxs(CANCELLED, key, call, settings.cancel_grace)
 
 
-def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
-    """Called on a REGISTER from ``contacts``: INVITE the ones owed a cancelled call."""
+def replay_cancelled_call(
+    aor: str, contacts: list[str], flow: tuple[str, str] | None = None
+) -> None:
+    """Called on a REGISTER from ``contacts``: INVITE the ones owed a cancelled call.
+
+    ``flow``: (destination URI, local socket) of the device's flow, when the current
+    message is not the REGISTER itself (edge mode: the upstream's 2xx to it).
+    """
     for contact in contacts:
         instance = wake_token.contact_instance(contact)
         key = wake_token.binding_key(aor, instance)
@@ -42,16 +50,18 @@ def replay_cancelled_call(aor: str, contacts: list[str]) -> None:
         KSR.htable.sht_rm(CANCELLED, key)
         call = json.loads(str(raw))
         proto = str(KSR.pv.get("$pr"))
+        ouri = f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')};transport={proto}"
+        sock = f"{proto}:{KSR.pv.get('$Ri')}:{KSR.pv.get('$Rp')}"
+        if flow is not None:
+            ouri, sock = flow
         KSR.pv.sets("$uac_req(method)", "INVITE")
         KSR.pv.sets("$uac_req(ruri)", sipmsg.contact_uri(contact))
         KSR.pv.sets("$uac_req(turi)", str(KSR.pv.get("$tu")))
         KSR.pv.sets("$uac_req(furi)", call["caller"])
         KSR.pv.sets("$uac_req(callid)", call["callid"])
         # Over the flow this REGISTER came on.
-        KSR.pv.sets(
-            "$uac_req(ouri)", f"sip:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')};transport={proto}"
-        )
-        KSR.pv.sets("$uac_req(sock)", f"{proto}:{KSR.pv.get('$Ri')}:{KSR.pv.get('$Rp')}")
+        KSR.pv.sets("$uac_req(ouri)", ouri)
+        KSR.pv.sets("$uac_req(sock)", sock)
         KSR.pv.sets("$uac_req(hdrs)", "Max-Forwards: 70\r\n")
         # A CANCEL may only follow a provisional reply: cancel when it rings.
         ruri = sipmsg.contact_uri(contact)

@@ -54,7 +54,8 @@ def hold(held: Held, callid: str, timeout: int, targets: list[dict[str, str]]) -
     """A suspended INVITE waiting up to ``timeout`` s for one of ``targets`` to wake up."""
     ttl = timeout + 30  # outlives tm's own timer: tm ends the call, the tables follow
     KSR.htable.sht_setxs(HOLD, held.tx_key, held.aor, ttl)
-    KSR.htable.sht_setxi(PENDING, held.tx_key, len(targets), ttl)
+    pushed = sum(1 for t in targets if t.get("pushed"))
+    KSR.htable.sht_setxi(PENDING, held.tx_key, pushed, ttl)
     KSR.htable.sht_lock(BY_AOR, held.aor)
     try:
         txs = _split(KSR.htable.sht_get(BY_AOR, held.aor))

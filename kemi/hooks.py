@@ -13,6 +13,7 @@ from ``branch`` means "drop this branch". In every such case the host stops.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import traceback
@@ -20,10 +21,11 @@ from dataclasses import dataclass
 
 import KSR
 
-from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
+from kemi import callkit, compat, edge, held_calls, ksr_bindings, messages, pushd_channel, pushing
 from kemi.host import Host, Route
-from kemi.settings import Settings, log, reply_reason
-from pushgate import flood, registration, setup_check, sipmsg, wake_token
+from kemi.settings import Settings, define, log, reply_reason
+from pushgate import edge as edge_plan
+from pushgate import flood, flow_token, registration, setup_check, sipmsg, wake_token
 from pushgate.decision import Action, Binding, decide, woke_on
 
 # Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
@@ -52,6 +54,9 @@ class PushgateSetupError(RuntimeError):
 
 def check_setup() -> None:
     """Fail Kamailio's start-up, naming the fix, rather than the first call."""
+    kamailio = compat.detect()
+    if not kamailio.tested:
+        KSR.warn(f"pushgate: untested Kamailio {kamailio.release} (tested: 5.6, 6.0)\n")
     missing = tuple(m for m in REQUIRED_MODULES if not hasattr(KSR, m))
     facts = setup_check.KamailioFacts(missing_modules=missing)
     # jsonrpcs loaded by pushgate.cfg after a KEMI script's app_python3 is not initialised
@@ -68,6 +73,14 @@ def check_setup() -> None:
             protos=frozenset(re.findall(r'"proto":\s*"(\w+)"', sockets)),
             usrloc_db_error=rpc_error(rpc("ul.db_users", "location")),
             memory_only_ok=KSR.pv.get("$def(PUSHGATE_USRLOC_MEMORY)") is not None,
+        )
+    if KSR.pv.get("$def(PUSHGATE_EDGE)") is not None:
+        secret = define("PUSHGATE_EDGE_FLOW_SECRET", "")
+        facts = dataclasses.replace(
+            facts,
+            edge_secret_missing=secret in ("", "change-me"),
+            edge_missing_modules=tuple(m for m in ("rr", "path") if not hasattr(KSR, m)),
+            edge_outbound_loaded=KSR.pv.get("$def(MOD_outbound)") is not None,
         )
     found = setup_check.problems(facts)
     for problem in found:
@@ -108,25 +121,42 @@ class Hooks:
         # Per process: the Call-ID of the INVITE resume() is delivering right now.
         self._resuming = ""
         self._register: tuple[tuple[str, str], registration.RegisterCheck] | None = None
+        # Edge mode: phones' flows are the edge's own, not usrloc's (kemi/edge.py).
+        ksr_bindings.flow_override = edge.with_flow if settings.edge else None
+        self._flow_key = flow_token.key(settings.flow_secret) if settings.flow_secret else b""
+        # Per process: the flow edge_route took from the current request's token.
+        self._token_flow: tuple[tuple[str, str], flow_token.Flow | None] = (("", ""), None)
 
     # ----- request route: CANCEL -----
     def cancel(self) -> bool:
         """Before the host relays a CANCEL. True: it was for a held call and is answered."""
         callid = str(KSR.pv.get("$ci"))
+        # One CANCEL of a call at a time: a retransmitted or duplicate one (a proxy may
+        # send two) must find the call handled, not tell its devices twice.
+        KSR.htable.sht_lock(held_calls.BY_CALLID, callid)
+        try:
+            return self._cancel(callid)
+        finally:
+            KSR.htable.sht_unlock(held_calls.BY_CALLID, callid)
+
+    def _cancel(self, callid: str) -> bool:
         held = held_calls.for_callid(callid)
         if held is None:
             return False
+        # Through an edge, the upstream cancels a branch that was answered elsewhere.
+        elsewhere = sipmsg.answered_elsewhere(str(KSR.pv.get("$hdr(Reason)") or ""))
+        reason = "answered_elsewhere" if elsewhere else ""
         if held_calls.claim(held.tx_key):
             KSR.sl.sl_send_reply(200, "OK")
             log("cancel_held", callid=callid, aor=held.aor)
-            pushing.send_notices(self.settings, held, "cancel")
+            pushing.send_notices(self.settings, held, "cancel", reason=reason)
             callkit.remember_cancelled(self.settings, held, callid)
             held_calls.forget(held, callid)
             self.host.continue_tx(held.index, held.label, Route.CANCELLED)
             return True
         # Ringing, with some pushed devices still asleep: tell them too; the host relays
         # the CANCEL to the ringing branches.
-        pushing.send_notices(self.settings, held, "cancel")
+        pushing.send_notices(self.settings, held, "cancel", reason=reason)
         held_calls.forget(held, callid)
         return False
 
@@ -194,7 +224,8 @@ class Hooks:
         pushing.landed([b.ruid for b in bindings if b.alive])
         # Calls already ringing elsewhere get it as a new branch (tsilo) ...
         if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
-            KSR.tsilo.ts_append_by_contact("location", to_aor())
+            rc = KSR.tsilo.ts_append_by_contact("location", to_aor())
+            log("ringing_join", aor=aor, outcome=compat.detect().ts_append_outcome(rc).value)
         # ... calls held with no branch at all are resumed ...
         for tx_key in held_calls.held_for_aor(aor):
             if held_calls.claim(tx_key):
@@ -221,8 +252,14 @@ class Hooks:
         self._resuming = ""
         decision = decide(bindings)
         self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        if resuming:
+            # The woken device's INVITE on its way out (logged as invite_relayed).
+            if decision.action is not Action.RELAY:
+                reply_reason(480, "Temporarily Unavailable", "Device not registered")
+                return True
+            return False
         if not bindings:
-            return self._unknown(resuming)
+            return False
         log(
             "request_in",
             method=KSR.pv.get("$rm"),
@@ -240,11 +277,6 @@ class Hooks:
                 asleep=decision.push,
                 failure_route=self.host.route_name(Route.MESSAGE_FAILED),
             )
-        if resuming:
-            if decision.action is not Action.RELAY:
-                reply_reason(480, "Temporarily Unavailable", "Device not registered")
-                return True
-            return False
         if not KSR.is_INVITE() or not decision.push:
             return False
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
@@ -253,18 +285,31 @@ class Hooks:
             return True
         held = current_held(aor, uri)
         plan = self.flood_plan(held, decision.push)
-        pushed = tuple(b for b in decision.push if b.ruid in plan.push)
         if decision.action is Action.RELAY:
-            self.push_while_ringing(held, pushed)
+            self.push_while_ringing(held, tuple(b for b in decision.push if b.ruid in plan.push))
             return False
+        self.hold_with_plan(held, decision.push, plan)
+        return True
+
+    def hold_with_plan(
+        self, held: held_calls.Held, asleep: tuple[Binding, ...], plan: flood.Plan
+    ) -> bool:
+        """Hold the INVITE as ``plan`` says; False: answered at once (a flood limit)."""
         if plan.reject is not None:
             code, phrase, why = plan.reject
-            log("push_limited", aor=aor, callid=KSR.pv.get("$ci"), status=code)
+            log("push_limited", aor=held.aor, callid=KSR.pv.get("$ci"), status=code)
             reply_reason(code, phrase, why)
-            return True
+            return False
         if plan.coalesced:
-            log("push_coalesced", aor=aor, callid=KSR.pv.get("$ci"), devices=len(plan.coalesced))
-        self.push_and_hold(held, pushed)
+            log(
+                "push_coalesced",
+                aor=held.aor,
+                callid=KSR.pv.get("$ci"),
+                devices=len(plan.coalesced),
+            )
+        pushed = tuple(b for b in asleep if b.ruid in plan.push)
+        waiting = tuple(b for b in asleep if b.ruid in plan.coalesced)
+        self.push_and_hold(held, pushed, waiting)
         return True
 
     def flood_plan(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> flood.Plan:
@@ -278,12 +323,6 @@ class Hooks:
             limits=self.settings.limits,
         )
 
-    def _unknown(self, resuming: bool) -> bool:
-        if resuming:
-            reply_reason(480, "Temporarily Unavailable", "Device not registered")
-            return True
-        return False
-
     def push_while_ringing(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
         """Live devices ring now; sleeping ones get a push and join as branches if they wake."""
         dests = [pushing.target(b) for b in asleep]
@@ -291,9 +330,14 @@ class Hooks:
         pushing.store_ringing(held.aor)
         pushing.send_calls(self.settings, held, dests)
 
-    def push_and_hold(self, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
-        """Hold the INVITE; push ``asleep`` (none: their pushes for an earlier call are
-        still in flight, the same wake-up releases this call too)."""
+    def push_and_hold(
+        self,
+        held: held_calls.Held,
+        asleep: tuple[Binding, ...],
+        waiting: tuple[Binding, ...] = (),
+    ) -> None:
+        """Hold the INVITE; push ``asleep``; also wait for ``waiting`` (their pushes for an
+        earlier call are still in flight: the same wake-up releases this call too)."""
         if asleep and not pushing.pushd_connected():
             log("push_unavailable", aor=held.aor, callid=KSR.pv.get("$ci"))
             reply_reason(480, "Temporarily Unavailable", "Push service unavailable")
@@ -304,7 +348,9 @@ class Hooks:
         KSR.tm.t_set_fr(hold_ms, hold_ms)
         KSR.tm.t_on_failure(self.host.route_name(Route.HELD_TIMEOUT))
         dests = [pushing.target(b) for b in asleep]
-        held_calls.hold(held, callid, self.settings.hold_timeout, dests)
+        # Pushed devices first: a push's number n is its place in this list.
+        targets = dests + [pushing.target(b, pushed=False) for b in waiting]
+        held_calls.hold(held, callid, self.settings.hold_timeout, targets)
         if KSR.tmx.t_suspend() < 0:
             held_calls.forget(held, callid)
             KSR.tm.t_reply(500, "Server Error")
@@ -388,6 +434,189 @@ class Hooks:
         asleep = tuple(b for b in bindings if not b.alive and b.push)
         messages.store(self.settings, held_calls.Held(aor=aor, uri=uri, index=0, label=0), asleep)
 
+    # ----- edge mode (edge.cfg, docs/edge.md): the upstream is the registrar -----
+    def edge_register(self) -> bool:
+        """A phone's REGISTER, before the edge relays it to the upstream registrar.
+
+        False: refused here with a reply (400/423/555, as ``register``). Otherwise it
+        gets a Path with its flow's token and goes on to the upstream, which
+        authenticates it; its flow and Contacts travel with the transaction to the reply
+        (``edge_registered``).
+        """
+        if not self.register():
+            return False
+        feature_caps = str(KSR.pv.get("$hdr(Feature-Caps)") or "")
+        edge.stash_register(register_contacts(), edge.expires_header(), "sip.pns" in feature_caps)
+        edge.add_path(edge.request_flow(), self._flow_key)
+        log("edge_register_in", aor=to_aor(), callid=KSR.pv.get("$ci"), cseq=KSR.pv.get("$cs"))
+        return True
+
+    def edge_registered(self) -> None:
+        """The upstream's 2xx to a REGISTER (onreply route): keep the bindings it granted in
+        the edge's usrloc (``save()``), then give the device that woke what waited for it."""
+        stash = edge.stashed()
+        if stash is None:
+            KSR.err("pushgate: edge_registered: no edge_register before the relay\n")
+            return
+        aor_uri = to_aor()
+        reply_contacts = register_contacts()
+        log(
+            "register_in",
+            aor=aor_uri,
+            src=stash.flow.uri,
+            proto=stash.flow.proto,
+            callid=KSR.pv.get("$ci"),
+            cseq=KSR.pv.get("$cs"),
+        )
+        saved = edge.save_granted(aor_uri, stash, reply_contacts, ksr_bindings.fetch)
+        if saved is None:
+            log("edge_save_failed", aor=aor_uri)
+            return
+        aor, kept = saved
+        check = registration.check_register(
+            stash.contacts,
+            expires_header=stash.expires,
+            already_has_pns=stash.has_pns,
+            served=self.settings.providers,
+            min_expires=self.settings.pn_min_expires,
+        )
+        if "sip.pns" not in str(KSR.pv.get("$hdr(Feature-Caps)") or ""):
+            for header in check.extra_headers:
+                KSR.hdr.append(header + "\r\n")
+        registered = {edge_plan.contact_key(sipmsg.contact_uri(c)) for c in stash.contacts}
+        woken = [b for b in kept if edge_plan.contact_key(b.uri) in registered]
+        for b in woken:
+            if b.push is not None:
+                granted = edge_plan.granted_expires(reply_contacts, b.uri, edge.expires_header())
+                g = edge_plan.grant(edge.asked_expires(stash, b.uri), granted or 0, b.push)
+                log(
+                    "edge_binding",
+                    aor=aor,
+                    asked=g.asked,
+                    granted=g.granted,
+                    capped=g.capped,
+                    refreshable=g.refreshable,
+                )
+        pushing.landed([b.ruid for b in woken])
+        if not check.adds_binding or not woken:
+            return
+        # Calls held for this device (the upstream sent one branch per device) resume
+        # over its new flow: edge_location delivers them.
+        for tx_key in held_calls.held_for_aor(aor):
+            index, label = (int(x) for x in tx_key.split(":"))
+            targets = held_calls.targets(held_calls.Held(aor, aor_uri, index, label))
+            if any(edge_plan.woken_by(targets, b) for b in woken) and held_calls.claim(tx_key):
+                log("resume", aor=aor, tx=tx_key)
+                self.host.continue_tx(index, label, Route.RESUME)
+        callkit.replay_cancelled_call(aor, stash.contacts, (stash.flow.uri, stash.flow.socket))
+
+    def edge_route(self) -> bool:
+        """A request from the upstream (to a phone): its top Route must be this edge's,
+        with a flow token that verifies. False: it is not (absent, forged, tampered):
+        403, nothing goes to any phone. True: our Route is consumed (``loose_route``) and
+        ``$du``/``$fs`` are the token's flow."""
+        flow = edge.route_token_flow(self._flow_key)
+        if flow is None or flow == edge.request_flow():
+            # (A phone cannot pass its own token off as the upstream's request.)
+            log("flow_token_refused", method=KSR.pv.get("$rm"), callid=KSR.pv.get("$ci"))
+            if not KSR.is_ACK():
+                KSR.sl.sl_send_reply(403, "Forbidden")
+            return False
+        KSR.rr.loose_route()
+        edge.send_over(flow)
+        self._token_flow = (current_request(), flow)
+        return True
+
+    def edge_location(self) -> bool:
+        """An initial request from the upstream to a phone, after ``edge_route``; also the
+        delivery of a woken INVITE.
+
+        True: held or answered, the host stops. False: the host relays it; ``$du`` and
+        ``$fs`` are the device's current flow, and an INVITE is record-routed with that
+        flow's token (the host must not ``record_route()`` it again).
+        """
+        callid = str(KSR.pv.get("$ci"))
+        resuming = self._resuming == callid
+        self._resuming = ""
+        if resuming:
+            return self._edge_deliver_woken(callid)
+        request, flow = self._token_flow
+        if request != current_request() or flow is None:
+            KSR.err("pushgate: edge_location without edge_route before it\n")
+            KSR.sl.sl_send_reply(403, "Forbidden")
+            return True
+        found = edge.device_of_flow(flow) or self._edge_device_by_contact()
+        bindings: list[Binding] = []
+        aor = ""
+        if found is not None:
+            aor, device = found
+            _, all_bindings = ksr_bindings.fetch(sip_uri(aor))
+            bindings = [b for b in all_bindings if edge_plan.device_of(b) == device]
+        decision = decide(bindings)
+        log(
+            "request_in",
+            method=KSR.pv.get("$rm"),
+            aor=aor or "-",
+            callid=callid,
+            action=decision.action.value if bindings else "unknown",
+            live=len(decision.relay),
+            push=len(decision.push),
+        )
+        if decision.action is Action.RELAY:
+            record = edge.current(aor, edge_plan.device_of(decision.relay[0]))
+            if record is not None:
+                edge.send_over(record.flow, ruri=decision.relay[0].uri)
+                edge.record_route(record.flow, self._flow_key)
+                return False
+        if decision.action is Action.PUSH and KSR.is_OPTIONS():
+            # A registrar's keep-alive (Asterisk's qualify) to a phone asleep with push:
+            # reachable, by push. Relayed, it would fail and the binding be marked down.
+            KSR.sl.sl_send_reply(200, "OK")
+            return True
+        if decision.action is not Action.PUSH or not KSR.is_INVITE():
+            # Not a push binding of ours: over the token's flow, as any edge proxy would.
+            edge.record_route(flow, self._flow_key)
+            return False
+        if KSR.tm.t_newtran() == 0:
+            return True  # a retransmission, absorbed by tm: push nothing twice
+        held = current_held(aor, sip_uri(aor))
+        plan = self.flood_plan(held, decision.push)
+        if not self.hold_with_plan(held, decision.push, plan):
+            return True
+        if held_calls.for_callid(callid) is not None:
+            # The upstream may CANCEL this branch (answered elsewhere) only after a 1xx;
+            # sent once the push is on its way, so a CANCEL comes after it.
+            KSR.tm.t_reply(100, "Trying")
+        return True
+
+    def _edge_device_by_contact(self) -> tuple[str, str] | None:
+        """No flow record (the edge restarted): the binding whose Contact is the R-URI."""
+        key, bindings = ksr_bindings.fetch(to_aor())
+        ruri = str(KSR.pv.get("$ru"))
+        for b in bindings:
+            if b.uri == ruri:
+                return key, edge_plan.device_of(b)
+        return None
+
+    def _edge_deliver_woken(self, callid: str) -> bool:
+        held = held_calls.for_callid(callid)
+        if held is not None:
+            targets = held_calls.targets(held)
+            key, bindings = ksr_bindings.fetch(held.uri)
+            for b in bindings:
+                record = edge.current(key, edge_plan.device_of(b))
+                if b.alive and record is not None and edge_plan.woken_by(targets, b):
+                    edge.send_over(record.flow, ruri=b.uri)
+                    edge.record_route(record.flow, self._flow_key)
+                    return False
+        reply_reason(480, "Temporarily Unavailable", "Device not registered")
+        return True
+
+    def edge_outgoing(self) -> None:
+        """A phone's own initial request, relayed to the upstream: record-routed with the
+        token of the flow it came over, so the dialog's requests come back over it."""
+        edge.record_route(edge.request_flow(), self._flow_key)
+
     # ----- HTTP on the SIP port (xhttp) -----
     def metrics(self) -> None:
         """GET /metrics: Prometheus metrics (xhttp_prom) for PUSHGATE_METRICS_ALLOW sources."""
@@ -414,6 +643,11 @@ def current_request() -> tuple[str, str]:
 
 def to_aor() -> str:
     return sipmsg.aor_of(str(KSR.pv.get("$tU")), str(KSR.pv.get("$td")))
+
+
+def sip_uri(aor: str) -> str:
+    """usrloc's key of an AoR (``alice@example.com``) as a SIP URI."""
+    return aor if aor.startswith("sip") else "sip:" + aor
 
 
 def register_contacts() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import KSR
 
@@ -11,6 +12,10 @@ from pushgate.decision import Binding, expired, flow_alive, transport_of
 
 # Name of the contact container filled by reg_fetch_contacts.
 _C = "pg"
+
+flow_override: Callable[[str, Binding], Binding] | None = None
+"""Edge mode (kemi/edge.py ``with_flow``): the phone's flow is not usrloc's, whose
+``save()`` ran on the upstream's reply. Set once per process by ``Hooks``."""
 
 
 def _ulc(field: str, i: int) -> str:
@@ -41,18 +46,17 @@ def fetch(aor: str) -> tuple[str, list[Binding]]:
                 push = pn_params.parse_uri(uri)
             except pn_params.PnError:
                 push = None  # validated at REGISTER; a stored bad one is simply not pushable
-            out.append(
-                Binding(
-                    ruid=_ulc("ruid", i),
-                    uri=uri,
-                    instance=_ulc("instance", i),
-                    transport=transport,
-                    alive=flow_alive(transport, conid, is_open),
-                    push=push,
-                    target=received or uri,
-                    conid=max(conid, 0),
-                )
+            binding = Binding(
+                ruid=_ulc("ruid", i),
+                uri=uri,
+                instance=_ulc("instance", i),
+                transport=transport,
+                alive=flow_alive(transport, conid, is_open),
+                push=push,
+                target=received or uri,
+                conid=max(conid, 0),
             )
+            out.append(binding if flow_override is None else flow_override(key, binding))
         return key, out
     finally:
         KSR.registrar.reg_free_contacts(_C)

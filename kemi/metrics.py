@@ -21,6 +21,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wake_token": ("wake_tokens", ("accepted",)),
     "push_resent": ("pushes_resent", ()),
     "push_limited": ("held_calls", ("=push_limited",)),
+    "edge_binding": ("edge_bindings", ("capped", "refreshable")),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")

@@ -65,6 +65,24 @@ class NativeEntry:
     def reply(self, msg: object) -> int:
         return _run("reply", self.hooks.reply, TRUE)
 
+    # Edge mode (edge.cfg): on a bug, the REGISTER still reaches the upstream (nothing
+    # kept), a request from the upstream is refused (no flow verified) or relayed over
+    # its verified flow, as by a plain edge proxy.
+    def edge_register(self, msg: object) -> int:
+        return _run("edge_register", self.hooks.edge_register, TRUE)
+
+    def edge_registered(self, msg: object) -> int:
+        return _run("edge_registered", self.hooks.edge_registered, TRUE)
+
+    def edge_route(self, msg: object) -> int:
+        return _run("edge_route", self.hooks.edge_route, FALSE)
+
+    def edge_location(self, msg: object) -> int:
+        return _run("edge_location", self.hooks.edge_location, FALSE)
+
+    def edge_outgoing(self, msg: object) -> int:
+        return _run("edge_outgoing", self.hooks.edge_outgoing, TRUE)
+
     def held_timeout(self, msg: object) -> int:
         return _run("held_timeout", self.hooks.held_timeout, TRUE)
 

@@ -25,10 +25,15 @@ RATE = "pushgate_rate"
 IN_FLIGHT = "pushgate_inflight"
 
 
-def target(b: Binding) -> dict[str, str]:
-    """What pushd needs to reach one binding (kept in htables while the call lasts)."""
+def target(b: Binding, pushed: bool = True) -> dict[str, str]:
+    """What pushd needs to reach one binding (kept in htables while the call lasts).
+
+    ``pushed`` False: a device this call waits for without pushing it (its push for an
+    earlier call is in flight): its wake-up resumes the call, but it gets no notices.
+    """
     assert b.push is not None
     return {
+        "pushed": "1" if pushed else "",
         "provider": b.push.raw_provider,
         "prid": b.push.prid,
         "param": b.push.param,
@@ -142,7 +147,7 @@ def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: s
     # nothing more.
     current = {b.ruid for b in bindings}
     for n, dest in enumerate(held_calls.targets(held)):
-        if dest["instance"] not in awake and dest["ruid"] in current:
+        if dest.get("pushed") and dest["instance"] not in awake and dest["ruid"] in current:
             send(held, n, dest, kind, deadline, data)
 
 

@@ -37,6 +37,10 @@ class Settings:
     msg_store_ttl: int
     metrics_allow: frozenset[str]
     limits: Limits
+    edge: bool = False
+    """Edge mode (edge.cfg, docs/edge.md): the registrar is the upstream, not this Kamailio."""
+    flow_secret: str = ""
+    """Edge mode: outbound's ``flow_token_secret`` (PUSHGATE_EDGE_FLOW_SECRET)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -62,6 +66,8 @@ class Settings:
                 caller_pushes=define_int("PUSHGATE_CALLER_PUSHES", 3),
                 window=define_int("PUSHGATE_PUSH_WINDOW", 60),
             ),
+            edge=KSR.pv.get("$def(PUSHGATE_EDGE)") is not None,
+            flow_secret=define("PUSHGATE_EDGE_FLOW_SECRET", ""),
         )
 
 

@@ -35,7 +35,6 @@ import contextlib
 import enum
 import itertools
 import logging
-import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ from pushd.config import Config, RefreshConfig, Secret
 from pushd.dispatch import ResultSink
 from pushd.model import PushKind, Verdict
 from pushgate import pn_params
-from pushgate.pn_params import PushParams
+from pushgate.pn_params import PushParams, apns_has_regular_token
 
 log = logging.getLogger("pushd.refresh")
 
@@ -131,20 +130,6 @@ def effective_lead(row: BindingRow, lead: float) -> float:
     if lifetime <= 0:  # last_modified unknown or nonsense: plain lead
         return lead
     return min(lead, lifetime / 2)
-
-
-def apns_has_regular_token(push: PushParams) -> bool:
-    """Can this APNs binding take a background push (does it carry a non-PushKit token)?
-
-    ``<tok>:remote&<tok>:voip`` prids name their tokens; an untagged token in a list counts
-    as regular. A single plain token is what pn-param says: ``<Team>.<bundle>.voip`` (the
-    RFC 8599 example) is a PushKit token, anything else a regular one.
-    """
-    tagged = re.compile(r":(remote|voip)$")
-    items = push.prid.split("&")
-    if len(items) > 1 or tagged.search(push.prid):
-        return any(item.endswith(":remote") or not tagged.search(item) for item in items)
-    return not push.param.endswith(".voip")
 
 
 def classify(

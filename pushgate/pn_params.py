@@ -151,6 +151,26 @@ def parse_uri(uri: str) -> PushParams | None:
     return parse(uri_params(uri))
 
 
+def apns_has_regular_token(push: PushParams) -> bool:
+    """Can this APNs binding take a background push (does it carry a non-PushKit token)?
+
+    ``<tok>:remote&<tok>:voip`` prids name their tokens; an untagged token in a list counts
+    as regular. A single plain token is what pn-param says: ``<Team>.<bundle>.voip`` (the
+    RFC 8599 example) is a PushKit token, anything else a regular one.
+    """
+    tagged = re.compile(r":(remote|voip)$")
+    items = push.prid.split("&")
+    if len(items) > 1 or tagged.search(push.prid):
+        return any(item.endswith(":remote") or not tagged.search(item) for item in items)
+    return not push.param.endswith(".voip")
+
+
+def refreshable_by_push(push: PushParams) -> bool:
+    """Whether a binding refresh push (RFC 8599 §5.5) can reach the device: FCM always,
+    APNs only with a regular token (a VoIP push must report a call; docs/refresh.md)."""
+    return push.provider != "apns" or apns_has_regular_token(push)
+
+
 def normalise_provider(raw: str) -> tuple[str, bool]:
     """``apns`` / ``apns.dev`` / ``fcm`` -> (provider, sandbox). Raises PnError otherwise.
 

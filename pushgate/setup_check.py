@@ -23,6 +23,13 @@ class KamailioFacts:
     """The error of ``ul.db_users location`` ("... db_mode=0" when usrloc has no DB)."""
     memory_only_ok: bool = False
     """PUSHGATE_USRLOC_MEMORY is defined: the operator accepts bindings lost on restart."""
+    edge_secret_missing: bool = False
+    """Edge mode without a PUSHGATE_EDGE_FLOW_SECRET (or with the placeholder)."""
+    edge_missing_modules: tuple[str, ...] = ()
+    """Edge mode: modules its hooks call (rr, path) that are not loaded."""
+    edge_outbound_loaded: bool = False
+    """Edge mode with Kamailio's outbound module loaded (its loose_route hook refuses
+    Pushgate's flow tokens)."""
 
 
 def problems(facts: KamailioFacts) -> list[str]:
@@ -49,5 +56,23 @@ def problems(facts: KamailioFacts) -> list[str]:
             "sleeping phone, and a sleeping phone cannot re-register without a push; set "
             'modparam("usrloc", "db_mode", 1 or 2) (WITH_USRLOCDB in Kamailio\'s default '
             "cfg), or #!define PUSHGATE_USRLOC_MEMORY to accept it"
+        )
+    if facts.edge_missing_modules:
+        out.append(
+            "edge mode needs module(s) "
+            + ", ".join(facts.edge_missing_modules)
+            + ": loadmodule them (edge.cfg does)"
+        )
+    if facts.edge_outbound_loaded:
+        out.append(
+            "edge mode with the outbound module loaded: remove its loadmodule (Kamailio "
+            "5.6's outbound keys flow tokens with SHA1 of an empty string and its "
+            "loose_route hook refuses Pushgate's own; docs/edge.md)"
+        )
+    if facts.edge_secret_missing:
+        out.append(
+            "edge mode without a flow token secret: #!define PUSHGATE_EDGE_FLOW_SECRET as a "
+            "long random string (outbound's flow_token_secret; tokens must survive a "
+            "restart and Pushgate makes them too)"
         )
     return out

@@ -104,3 +104,12 @@ def warning(text: str) -> str:
     clean = "".join("?" if c < " " or c == "\x7f" else c for c in text)
     clean = clean.replace("\\", "\\\\").replace('"', "'")
     return f'Warning: 399 pushgate "{clean}"'
+
+
+_ANSWERED = re.compile(r"\bSIP\s*;(?:[^,]*;)?\s*cause\s*=\s*200\b", re.IGNORECASE)
+
+
+def answered_elsewhere(reason: str) -> bool:
+    """A CANCEL's Reason header (RFC 3326) says the call was answered on another branch
+    (``SIP;cause=200``, as Kamailio's tm and most proxies send it)."""
+    return bool(_ANSWERED.search(reason))

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what Pushgate needs on Debian 12, idempotently: Kamailio 5.6 modules,
-# PostgreSQL 15, SIPp, and a Python virtualenv (.venv) for pushd and the tests.
+# PostgreSQL 15, SIPp, a Python virtualenv (.venv) for pushd and the tests, and the
+# Debian 13 root with Kamailio 6.0 the tests also run on (.cache/trixie, built once by
+# scripts/kamailio-root.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +10,7 @@ APT_PACKAGES=(
   kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-outbound-modules
   kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules
   postgresql-15 postgresql-client-15 sip-tester socat python3-venv python3-pip linphone-cli
+  patch
 )
 
 missing=()
@@ -31,3 +34,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+
+# Kamailio 6.0 (Debian 13) for the tests: built once (about a minute), then a stamp check.
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO bash scripts/kamailio-root.sh >/dev/null

@@ -518,6 +518,11 @@ class FakeApns:
         with self._lock:
             self._pings += 1
 
+    def goaway_all(self) -> None:
+        """Send GOAWAY on every open connection and close it (a server going away)."""
+        for connection in list(self._connections):
+            connection.goaway()
+
     def _forget(self, connection: _ServerConnection) -> None:
         self._connections.discard(connection)
 
@@ -788,6 +793,9 @@ class FakeApnsThread:
 
     def pushes_for(self, token: str) -> list[PushRecord]:
         return self.fake.pushes_for(token)
+
+    def goaway_all(self) -> None:
+        self._loop.call_soon_threadsafe(self.fake.goaway_all)
 
     def wait_for_pushes(self, count: int, timeout: float = 5.0) -> list[PushRecord]:
         return self.fake.wait_for_pushes(count, timeout)

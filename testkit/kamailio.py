@@ -1,5 +1,12 @@
 """Run the real Kamailio in the foreground, private rundir and ports: our kamailio.cfg, or
-another cfg file (a stock config, testkit/stock.py) with its own defines."""
+another cfg file (a stock config, testkit/stock.py) with its own defines.
+
+Kamailio 5.6 is the host's (Debian 12). Kamailio 6.0 runs from a Debian 13 root that
+``scripts/kamailio-root.sh`` builds and caches (``.cache/trixie``): ``chroot ROOT
+/usr/sbin/kamailio`` inside a private mount namespace (``unshare -m``) where the repo and
+the test's directories are bind-mounted at their own paths, so every path in the argv
+and the cfg means the same inside; the mounts vanish with the process.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,71 @@ from testkit.procs import free_port, port_open, stop, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 KAMAILIO = "/usr/sbin/kamailio"
+
+KAMAILIO_VERSIONS = ("5.6", "6.0")
+"""The Kamailio releases Pushgate is tested on (Debian 12's and Debian 13's)."""
+ROOTS: dict[str, Path | None] = {"5.6": None, "6.0": REPO / ".cache" / "trixie"}
+"""Where each release runs from: None is the host, else a root of scripts/kamailio-root.sh."""
+ROOT_STAMP = ".pushgate-root"
+
+# Run "$@" chrooted into $1 in this (private) mount namespace, with the directories given
+# before "--" bind-mounted at the same paths inside, and /proc and /dev.
+_IN_ROOT = """
+root=$1; shift
+while [ "$1" != -- ]; do
+  mkdir -p "$root$1"
+  mount --bind "$1" "$root$1"
+  shift
+done
+shift
+mount -t proc proc "$root/proc"
+mount --rbind /dev "$root/dev"
+exec chroot "$root" "$@"
+"""
+
+
+def root_of(version: str) -> Path | None:
+    """The OS root Kamailio ``version`` runs from (None: the host); it must be built."""
+    if version not in ROOTS:
+        raise ValueError(f"unknown Kamailio version {version!r} (known: {KAMAILIO_VERSIONS})")
+    root = ROOTS[version]
+    if root is not None and not (root / ROOT_STAMP).is_file():
+        raise RuntimeError(
+            f"no Kamailio {version} root at {root}: run `bash scripts/kamailio-root.sh` "
+            "(make bootstrap does)"
+        )
+    return root
+
+
+def bind_dirs(paths: list[Path]) -> list[Path]:
+    """The fewest directories to bind-mount so that ``paths`` exist inside a root: all of
+    /tmp for anything under it (test temp dirs come and go), else the path itself."""
+    tmp = Path("/tmp")
+    wanted = sorted({tmp if p.is_relative_to(tmp) else p for p in paths})
+    out: list[Path] = []
+    for p in wanted:
+        if not any(p.is_relative_to(d) for d in out):
+            out.append(p)
+    return out
+
+
+def in_root(root: Path, argv: list[str], binds: list[Path]) -> list[str]:
+    """``argv`` run chrooted into ``root`` in a private mount namespace with ``binds``."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-ec",
+        _IN_ROOT,
+        "sh",
+        str(root.resolve()),
+        *(str(d) for d in bind_dirs(binds)),
+        "--",
+        *argv,
+    ]
 
 
 @dataclass
@@ -37,6 +109,8 @@ class Kamailio:
     """More command-line options for ``cfg`` (e.g. ``-n 2``)."""
     evapi: bool = True
     """Whether the cfg loads evapi: readiness then includes the evapi port."""
+    version: str = "5.6"
+    """Kamailio release to run (``KAMAILIO_VERSIONS``): 5.6 is the host's, 6.0 a root's."""
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -91,9 +165,20 @@ class Kamailio:
             defines = {**(self.cfg_defines or {}), **self.extra}
         for name, value in defines.items():
             argv += ["-A", f"{name}={value}" if value else name]
-        if check_only:
-            return [*argv, "-c"]
-        return [*argv, "-DD", "-E", "-m", "64", "-M", "8"]
+        argv = [*argv, "-c"] if check_only else [*argv, "-DD", "-E", "-m", "64", "-M", "8"]
+        root = self.root
+        if root is None:
+            return argv
+        binds = [REPO, self.workdir.resolve()]
+        if self.cfg is not None:
+            binds.append(self.cfg.resolve().parent)
+        binds += [p.resolve().parent for p in self.tls or ()]
+        return in_root(root, argv, binds)
+
+    @property
+    def root(self) -> Path | None:
+        """The OS root this Kamailio runs from (None: the host's Kamailio)."""
+        return root_of(self.version)
 
     def check(self) -> subprocess.CompletedProcess[str]:
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +219,7 @@ class Kamailio:
         stop(self._proc, timeout=10)
 
     def kamcmd(self, *args: str) -> str:
+        """Kamailio's RPC through its ctl socket (the host's kamcmd speaks to 6.0 too)."""
         r = subprocess.run(
             ["kamcmd", "-s", self.ctl, *args], capture_output=True, text=True, timeout=10
         )

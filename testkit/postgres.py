@@ -118,6 +118,22 @@ class PostgresCluster:
         )
         return r.returncode == 0
 
+    def url_for(self, db: str) -> str:
+        """Kamailio db_url of another database of the cluster."""
+        return f"postgres://{DB_USER}:{DB_PASSWORD}@127.0.0.1:{self.port}/{db}"
+
+    def dsn_for(self, db: str) -> str:
+        return self.dsn.replace(f"dbname={DB_NAME}", f"dbname={db}")
+
+    def create_database(self, db: str) -> None:
+        """Another database with Kamailio's tables (idempotent): a second server's own."""
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'", db="postgres")
+        if exists == "1":
+            return
+        self.psql(f"CREATE DATABASE {db} OWNER {DB_USER}", db="postgres", user="postgres")
+        for name in ("standard", "usrloc", "auth_db", "msilo"):
+            self.psql(file=KAMAILIO_SQL / f"{name}-create.sql", db=db)
+
     def psql(
         self,
         sql: str | None = None,
@@ -152,9 +168,11 @@ class PostgresCluster:
             raise RuntimeError(f"psql failed: {r.stderr.strip()}")
         return r.stdout.strip()
 
-    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, params: tuple[object, ...] = (), db: str = DB_NAME
+    ) -> list[tuple[Any, ...]]:
         """Run one parameterised statement as the Kamailio user; rows if it returns any."""
-        with psycopg2.connect(self.dsn) as conn, conn.cursor() as cur:
+        with psycopg2.connect(self.dsn_for(db)) as conn, conn.cursor() as cur:
             cur.execute(sql, params)
             return list(cur.fetchall()) if cur.description else []
 

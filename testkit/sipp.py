@@ -42,8 +42,13 @@ class SippRun:
         return self.logdir / f"{self.name}.log"
 
     def output(self) -> str:
-        out = self.logdir / f"{self.name}.out"
-        return out.read_text(errors="replace") if out.exists() else ""
+        """SIPp's screen, then its error file (why a call failed)."""
+        text = ""
+        for suffix in ("out", "err"):
+            path = self.logdir / f"{self.name}.{suffix}"
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return text
 
     def messages(self) -> str:
         path = self.logdir / f"{self.name}.msg"

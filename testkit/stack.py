@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "pushgate.test"
 FOREIGN_DOMAIN = "caller.example"
 """Test callers' From domain by default: requests from local users need digest auth."""
+UPSTREAM_DB = "upstream"
+"""Edge flavour: the upstream registrar's own database in the test cluster."""
+EDGE_FLOW_SECRET = "edge-flow-secret-for-tests"
 TEAM_PARAM_PREFIX = "ABCDE12345"
 FCM_PROJECT = "pushgate-test"
 
@@ -129,12 +132,20 @@ class Stack:
         tls: bool = False,
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
+        kamailio: str = "5.6",
+        stock_from: str | None = None,
     ) -> None:
-        """``flavour``: "allinone" (our kamailio.cfg) or a stock config ("default", "kemi")
-        with ``patches`` applied to it (``defines`` are then extra ``-A`` defines)."""
-        if flavour != "allinone" and flavour not in stock.FLAVOURS:
+        """``flavour``: "allinone" (our kamailio.cfg), a stock config ("default", "kemi")
+        with ``patches`` applied to it (``defines`` are then extra ``-A`` defines), or
+        "edge": our edge.cfg in front of an unmodified stock Kamailio registrar (the
+        *upstream*, ``self.upstream``: Debian's default cfg on its own database), where
+        phones register and callers call. ``kamailio``: the release to run
+        (testkit.kamailio.KAMAILIO_VERSIONS); a stock config is then that release's own,
+        or ``stock_from``'s (e.g. 5.6's files on 6.0: an operator's config kept across the
+        upgrade)."""
+        if flavour not in ("allinone", "edge") and flavour not in stock.FLAVOURS:
             raise ValueError(f"unknown flavour {flavour!r}")
-        if patches and flavour == "allinone":
+        if patches and flavour in ("allinone", "edge"):
             raise ValueError("patches apply to the stock flavours only")
         self.flavour = flavour
         self.root = root
@@ -151,11 +162,15 @@ class Stack:
             secret=secret,
             extra=dict(defines or {}),
             tls=(pki.server_cert, pki.server_key, pki.ca_cert) if tls else None,
+            version=kamailio,
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.stock: stock.StockConfig | None = None
-        if flavour != "allinone":
-            self._use_stock(flavour, patches)
+        self.upstream: Kamailio | None = None
+        if flavour == "edge":
+            self._use_edge()
+        elif flavour != "allinone":
+            self._use_stock(flavour, patches, stock_from or kamailio)
         self.apns: FakeApnsThread | None = None
         self.fcm: FakeFcm | None = None
         self._fcm_seen = 0
@@ -168,11 +183,15 @@ class Stack:
         """(wall-clock time, record) of every push the fakes saw, in order."""
         self._lock = threading.Lock()
 
-    def _use_stock(self, flavour: str, patches: Sequence[Path]) -> None:
+    def _use_stock(self, flavour: str, patches: Sequence[Path], files_of: str) -> None:
         k = self.kamailio
         site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
         self.stock = stock.prepare(
-            "kemi" if flavour == "kemi" else "default", k.workdir / "etc", site, patches
+            "kemi" if flavour == "kemi" else "default",
+            k.workdir / "etc",
+            site,
+            patches,
+            version=files_of,
         )
         k.cfg = self.stock.cfg
         k.cfg_defines = dict(self.stock.defines)
@@ -196,6 +215,55 @@ class Stack:
             )
         k.evapi = bool(patches)
 
+    def _use_edge(self) -> None:
+        k = self.kamailio
+        up = self.upstream = Kamailio(
+            workdir=self.root / "upstream", db_url=self.pg.url_for(UPSTREAM_DB), evapi=False
+        )
+        up.workdir.mkdir(parents=True, exist_ok=True)
+        site = stock.Site(
+            db_url=up.db_url, sip_port=up.sip_port, domain=up.domain, rundir=up.rundir
+        )
+        # Kamailio's own default cfg, site settings only: it knows nothing of push.
+        prepared = stock.prepare("default", up.workdir / "etc", site)
+        up.cfg, up.cfg_defines, up.cfg_args = prepared.cfg, dict(prepared.defines), ("-n", "2")
+        stock.check_rtpproxy_port()
+        k.cfg = REPO / "edge.cfg"
+        defines = {
+            "DBURL": f'"{k.db_url}"',
+            "LISTEN_IP": "127.0.0.1",
+            "SIP_PORT": str(k.sip_port),
+            "RUNDIR": f'"{k.rundir}"',
+            "CTL_SOCKET": f'"{k.ctl}"',
+            "SIP_WORKERS": "2",
+            "TCP_WORKERS": "2",
+            "LOG_LEVEL": "2",
+            "PUSHGATE_SCRIPT": f'"{REPO / "kemi" / "native.py"}"',
+            "PUSHGATE_EVAPI_BIND": f'"127.0.0.1:{k.evapi_port}"',
+            "PUSHGATE_SECRET": f'"{k.secret}"',
+            "PUSHGATE_HOLD_TIMEOUT": str(k.hold_timeout),
+            "PUSHGATE_MSILO_PROXY": f'"sip:127.0.0.1:{k.sip_port}"',
+            "PUSHGATE_EDGE_UPSTREAM": f'"sip:127.0.0.1:{up.sip_port}"',
+            "PUSHGATE_EDGE_FLOW_SECRET": f'"{EDGE_FLOW_SECRET}"',
+        }
+        if k.tls is not None:
+            cert, key, ca = k.tls
+            defines.update(
+                {
+                    "WITH_TLS": "",
+                    "SIPS_PORT": str(k.sips_port),
+                    "TLS_CERT": f'"{cert}"',
+                    "TLS_KEY": f'"{key}"',
+                    "TLS_CA": f'"{ca}"',
+                }
+            )
+        k.cfg_defines = defines
+
+    @property
+    def caller_port(self) -> int:
+        """Where callers send their INVITEs: the registrar (the upstream, in edge mode)."""
+        return (self.upstream or self.kamailio).sip_port
+
     # ----- lifecycle -----
     def start(self, *, pushd: bool = True) -> Stack:
         if pushd and not self.kamailio.evapi:
@@ -203,6 +271,10 @@ class Stack:
         if self.stock is not None:
             self.pg.create_stock_schema()
         self.pg.psql("DELETE FROM location; DELETE FROM subscriber; DELETE FROM silo")
+        if self.upstream is not None:
+            self.pg.create_database(UPSTREAM_DB)
+            self.pg.psql("DELETE FROM location; DELETE FROM subscriber", db=UPSTREAM_DB)
+            self.upstream.start()
         self.apns = FakeApnsThread(self.pki, on_record=self._record).__enter__()
         self.fcm = FakeFcm().start()
         (self.root / "fcm").mkdir(parents=True, exist_ok=True)
@@ -218,6 +290,8 @@ class Stack:
             stop(proc)
         self.stop_pushd()
         self.kamailio.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
         self._stopping.set()
         if self.apns is not None:
             self.apns.__exit__(None, None, None)
@@ -323,6 +397,7 @@ class Stack:
             "INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
             "VALUES (%s, %s, %s, %s, '')",
             (user, DOMAIN, password, ha1),
+            db=UPSTREAM_DB if self.upstream is not None else "kamailio",
         )
 
     def phone(
@@ -490,7 +565,7 @@ class Stack:
     ) -> sipp.SippRun:
         return sipp.start(
             "sender_message",
-            target_port=self.kamailio.sip_port,
+            target_port=self.caller_port,
             logdir=self.logs,
             keys={"domain": DOMAIN, "callee": callee, "text": text, "caller_domain": caller_domain},
             label=label,
@@ -509,7 +584,7 @@ class Stack:
         auth); from ``DOMAIN`` the call is a local user's and is challenged (407)."""
         return sipp.start(
             "caller_call" if expect_answer else "caller_fail",
-            target_port=self.kamailio.sip_port,
+            target_port=self.caller_port,
             logdir=self.logs,
             keys={"domain": DOMAIN, "callee": callee, "caller_domain": caller_domain},
             pause_ms=talk_ms,
@@ -558,6 +633,11 @@ class Stack:
             rows = self.pg.query("SELECT contact FROM location WHERE username = %s", (user,))
             return [str(row[0]) for row in rows]
         return ul_contacts(self.kamailio.kamcmd("ul.dump"), user)
+
+    def upstream_bindings(self, user: str) -> list[str]:
+        """Edge flavour: the contacts the upstream registrar holds for ``user``."""
+        assert self.upstream is not None
+        return ul_contacts(self.upstream.kamcmd("ul.dump"), user)
 
 
 def ul_contacts(dump: str, user: str) -> list[str]:

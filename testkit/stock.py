@@ -15,6 +15,12 @@ Two flavours, both shipped by Debian's ``kamailio`` package:
 :func:`prepare` copies the files into a work dir, applies the caller's patches (written
 against the pristine Debian files, e.g. Pushgate's) and then the site patch, and writes
 ``kamailio-local.cfg``. It returns the cfg to run and its ``-A`` defines.
+
+Each Kamailio release has its own stock files (:data:`STOCK`): 5.6's are the host's
+(Debian 12), 6.0's are in its root (testkit/kamailio.py): Debian 13's
+``/etc/kamailio/kamailio.cfg``, and the KEMI example of the same release's source, which
+Debian 13 no longer ships (scripts/kamailio-root.sh puts it in
+``/usr/local/share/doc/kamailio/examples/kemi``).
 """
 
 from __future__ import annotations
@@ -28,12 +34,42 @@ from pathlib import Path
 from string import Template
 from typing import Literal
 
+from testkit.kamailio import root_of
+
 REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "tests" / "stock"
 DEBIAN_CFG = Path("/etc/kamailio/kamailio.cfg")
 KEMI_EXAMPLES = Path("/usr/share/doc/kamailio/examples/kemi")
 KEMI_CFG = "kamailio-basic-kemi.cfg"
 KEMI_PY = "kamailio-basic-kemi-python.py"
+
+
+@dataclass(frozen=True)
+class StockFiles:
+    """Where one Kamailio release's stock configs are, relative to the root it runs from,
+    and the site patch its KEMI example needs."""
+
+    default_cfg: str
+    kemi_examples: str
+    kemi_site_patch: str
+
+    def default(self, root: Path | None) -> Path:
+        return _in(root, self.default_cfg)
+
+    def kemi(self, root: Path | None) -> Path:
+        return _in(root, self.kemi_examples)
+
+
+def _in(root: Path | None, path: str) -> Path:
+    return Path(path) if root is None else root / path.lstrip("/")
+
+
+STOCK: dict[str, StockFiles] = {
+    "5.6": StockFiles(str(DEBIAN_CFG), str(KEMI_EXAMPLES), "kemi-site.patch"),
+    "6.0": StockFiles(
+        str(DEBIAN_CFG), "/usr/local/share/doc/kamailio/examples/kemi", "kemi-site-6.0.patch"
+    ),
+}
 
 Flavour = Literal["default", "kemi"]
 FLAVOURS: tuple[Flavour, ...] = ("default", "kemi")
@@ -103,9 +139,22 @@ def check_rtpproxy_port() -> None:
 
 
 def apply_patch(workdir: Path, patch: Path) -> None:
-    """``patch -p1`` in ``workdir``; a patch that does not apply cleanly is an error."""
+    """``patch -p1`` in ``workdir``; a patch that does not apply cleanly is an error.
+
+    No fuzz: a hunk whose context changed in a new release must fail, not land elsewhere
+    (5.6's KEMI patch "applies" to 6.0's example with fuzz 2, 258 lines off target).
+    """
     r = subprocess.run(
-        ["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-i", str(patch)],
+        [
+            "patch",
+            "-p1",
+            "--forward",
+            "--batch",
+            "--fuzz=0",
+            "--no-backup-if-mismatch",
+            "-i",
+            str(patch),
+        ],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -115,23 +164,29 @@ def apply_patch(workdir: Path, patch: Path) -> None:
 
 
 def prepare(
-    flavour: Flavour, workdir: Path, site: Site, patches: Sequence[Path] = ()
+    flavour: Flavour,
+    workdir: Path,
+    site: Site,
+    patches: Sequence[Path] = (),
+    version: str = "5.6",
 ) -> StockConfig:
-    """Copy the stock config of ``flavour`` into ``workdir`` and adapt it to ``site``."""
+    """Copy Kamailio ``version``'s stock config of ``flavour`` into ``workdir`` and adapt it
+    to ``site``."""
+    files, root = STOCK[version], root_of(version)
     workdir.mkdir(parents=True, exist_ok=True)
     if flavour == "default":
         cfg = workdir / DEBIAN_CFG.name
-        shutil.copyfile(DEBIAN_CFG, cfg)
+        shutil.copyfile(files.default(root), cfg)
     elif flavour == "kemi":
         cfg = workdir / KEMI_CFG
-        shutil.copyfile(KEMI_EXAMPLES / KEMI_CFG, cfg)
-        shutil.copyfile(KEMI_EXAMPLES / KEMI_PY, workdir / KEMI_PY)
+        shutil.copyfile(files.kemi(root) / KEMI_CFG, cfg)
+        shutil.copyfile(files.kemi(root) / KEMI_PY, workdir / KEMI_PY)
     else:
         raise ValueError(f"unknown stock flavour {flavour!r}")
     for patch in patches:
         apply_patch(workdir, patch)
     if flavour == "kemi":
-        apply_patch(workdir, SITE / "kemi-site.patch")
+        apply_patch(workdir, SITE / files.kemi_site_patch)
     local = workdir / "kamailio-local.cfg"
     template = Template((SITE / f"{flavour}-local.cfg.in").read_text())
     local.write_text(

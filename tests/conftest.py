@@ -31,10 +31,25 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 @pytest.fixture
-def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def kamailio_version(request: pytest.FixtureRequest) -> str:
+    """The Kamailio release a test's stacks run: 5.6 unless the test is parametrized with
+    ``@on_kamailio(...)`` (e.g. ``on_kamailio("5.6", "6.0")``)."""
+    return str(getattr(request, "param", "5.6"))
+
+
+def on_kamailio(*versions: str) -> pytest.MarkDecorator:
+    """Run the test once per Kamailio release (``make_stack`` uses it; id ``5.6``/``6.0``)."""
+    return pytest.mark.parametrize("kamailio_version", versions, indirect=True)
+
+
+@pytest.fixture
+def make_stack(
+    pg: PostgresCluster, pki: TestPki, tmp_path: Path, kamailio_version: str
+) -> Iterator[Callable[..., Stack]]:
     """``make_stack(hold_timeout=..., pushd=True, defines={...})`` starts a stack (stopped after
     the test); ``defines`` override kamailio.cfg #!trydef values. ``flavour="default"`` or
-    ``"kemi"`` runs one of Kamailio's stock configs instead, with ``patches`` applied."""
+    ``"kemi"`` runs one of Kamailio's stock configs instead, with ``patches`` applied.
+    The stack runs the test's ``kamailio_version``."""
     stacks: list[Stack] = []
 
     def factory(
@@ -46,6 +61,7 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
         tls: bool = False,
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
+        stock_from: str | None = None,
     ) -> Stack:
         stack = Stack(
             tmp_path / f"stack{len(stacks)}",
@@ -57,6 +73,8 @@ def make_stack(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Ca
             tls=tls,
             flavour=flavour,
             patches=patches,
+            kamailio=kamailio_version,
+            stock_from=stock_from,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)

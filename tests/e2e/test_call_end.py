@@ -10,12 +10,14 @@ import pytest
 from testkit import sipp
 from testkit.procs import wait_until
 from testkit.stack import Stack
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
 
 
+@on_kamailio("5.6", "6.0")
 def test_cancel_of_a_held_call_gives_487_and_a_cancel_notice(make_stack: MakeStack) -> None:
     stack = make_stack(hold_timeout=20)
     phone = stack.phone("alice")

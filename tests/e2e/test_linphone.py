@@ -30,7 +30,7 @@ import yaml
 from testkit.linphone import Linphone, PushStyle, SipMessage
 from testkit.procs import wait_until
 from testkit.stack import DOMAIN, FOREIGN_DOMAIN, TEAM_PARAM_PREFIX, Stack
-from tests.conftest import LINPHONE_PASSWORD, MakeLinphone
+from tests.conftest import LINPHONE_PASSWORD, MakeLinphone, on_kamailio
 
 pytestmark = pytest.mark.e2e
 
@@ -171,6 +171,7 @@ def assert_one_voip_push(stack: Stack, user: str, token: str, environment: str) 
     )
 
 
+@on_kamailio("5.6", "6.0")
 def test_linphonec_with_contact_uri_parameters_is_woken_by_push_and_answers(
     make_stack: MakeStack, make_linphone: MakeLinphone, monkeypatch: pytest.MonkeyPatch
 ) -> None:

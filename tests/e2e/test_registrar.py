@@ -8,6 +8,7 @@ import pytest
 
 from testkit.procs import wait_until
 from testkit.stack import Stack
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +72,7 @@ def test_outbound_registration_is_answered_with_flow_timer_and_stored_with_push_
     assert len(stack.bindings("alice")) == 1
 
 
+@on_kamailio("5.6", "6.0")
 def test_push_capable_bindings_survive_a_kamailio_restart(make_stack: MakeStack) -> None:
     stack = make_stack(hold_timeout=10)
     phone = stack.phone("alice")
@@ -85,6 +87,7 @@ def test_push_capable_bindings_survive_a_kamailio_restart(make_stack: MakeStack)
     assert woken and woken[0].wait(15) == 97
 
 
+@on_kamailio("5.6", "6.0")
 def test_kamailio_cfg_passes_the_syntax_check(make_stack: MakeStack) -> None:
     stack = make_stack(pushd=False)
     result = stack.kamailio.check()

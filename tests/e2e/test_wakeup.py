@@ -9,12 +9,14 @@ import pytest
 
 from testkit.procs import wait_until
 from testkit.stack import Stack
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
 
 MakeStack = Callable[..., Stack]
 
 
+@on_kamailio("5.6", "6.0")
 def test_sleeping_iphone_is_woken_by_push_and_answers(make_stack: MakeStack) -> None:
     stack = make_stack()
     phone = stack.phone("alice")
@@ -49,6 +51,7 @@ def test_sleeping_iphone_is_woken_by_push_and_answers(make_stack: MakeStack) -> 
     assert "180" in statuses and "200" in statuses
 
 
+@on_kamailio("5.6", "6.0")
 def test_live_phone_gets_the_call_directly_without_push(make_stack: MakeStack) -> None:
     stack = make_stack()
     phone = stack.phone("bob")
@@ -60,6 +63,7 @@ def test_live_phone_gets_the_call_directly_without_push(make_stack: MakeStack) -
     assert stack.apns is not None and stack.apns.pushes == []
 
 
+@on_kamailio("5.6", "6.0")
 def test_phone_that_never_wakes_gets_480_at_the_hold_timeout(make_stack: MakeStack) -> None:
     stack = make_stack(hold_timeout=3)
     phone = stack.phone("carol")
@@ -76,6 +80,7 @@ def test_phone_that_never_wakes_gets_480_at_the_hold_timeout(make_stack: MakeSta
     assert [p.push_type for p in stack.apns.pushes if p.push_type == "voip"] == ["voip"]
 
 
+@on_kamailio("5.6", "6.0")
 def test_apns_410_ends_the_call_early_and_removes_the_binding(make_stack: MakeStack) -> None:
     stack = make_stack(hold_timeout=20)
     phone = stack.phone("dave")
@@ -116,6 +121,7 @@ def test_unknown_user_gets_404(make_stack: MakeStack) -> None:
     assert caller.final_response()[0] == 404
 
 
+@on_kamailio("5.6", "6.0")
 def test_sleeping_android_is_woken_by_fcm_and_answers(make_stack: MakeStack) -> None:
     stack = make_stack()
     phone = stack.phone("gina", provider="fcm")

@@ -120,6 +120,7 @@ MODULES = [
     "auth",
     "auth_db",
     "nathelper",
+    "path",
     "rr",
     "maxfwd",
     "sanity",
@@ -171,11 +172,17 @@ class FakeKSR(types.ModuleType):
     def is_ACK(self) -> bool:
         return self.method == "ACK"
 
+    def is_OPTIONS(self) -> bool:
+        return self.method == "OPTIONS"
+
     def is_myself(self, uri: str) -> bool:
         return bool(self.returns.get("is_myself", False))
 
     def set_drop(self) -> None:
         self.calls.append(("core", "set_drop", ()))
+
+    def set_forward_no_connect(self) -> None:
+        self.calls.append(("core", "set_forward_no_connect", ()))
 
     def called(self, module: str, function: str) -> list[tuple[Any, ...]]:
         """Arguments of every call of ``module.function``, in order."""
@@ -183,8 +190,12 @@ class FakeKSR(types.ModuleType):
 
 
 def install() -> FakeKSR:
-    """A fresh fake in ``sys.modules``; kemi modules already imported keep their ``KSR``
-    reference, so tests import kemi after this and reset with ``reset()``."""
+    """The fake in ``sys.modules`` (one per test session: kemi modules already imported
+    keep their ``KSR`` reference, so every test module shares it); tests import kemi after
+    this and reset with ``reset()``."""
+    existing = sys.modules.get("KSR")
+    if isinstance(existing, FakeKSR):
+        return reset()
     fake = FakeKSR()
     sys.modules["KSR"] = fake
     return fake

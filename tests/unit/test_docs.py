@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,3 +20,19 @@ def test_every_pushgate_setting_is_documented() -> None:
     names = {line.split()[1] for line in cfg.splitlines() if line.startswith("#!trydef ")}
     assert names, "pushgate.cfg has no #!trydef settings"
     assert sorted(n for n in names if f"`{n}`" not in doc) == []
+
+
+def test_every_edge_setting_is_documented() -> None:
+    cfg = (REPO / "edge.cfg").read_text()
+    doc = (REPO / "docs" / "edge.md").read_text()
+    names = {line.split()[1] for line in cfg.splitlines() if line.startswith("#!trydef ")}
+    assert "PUSHGATE_EDGE_UPSTREAM" in names
+    assert sorted(n for n in names if f"`{n}`" not in doc) == []
+
+
+def test_edge_doc_names_the_edge_tests_that_exist() -> None:
+    doc = (REPO / "docs" / "edge.md").read_text()
+    tests = (REPO / "tests" / "e2e" / "test_edge.py").read_text()
+    named = set(re.findall(r"`(test_\w+)`", doc))
+    defined = set(re.findall(r"^def (test_\w+)", tests, re.M))
+    assert named == defined

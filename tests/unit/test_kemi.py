@@ -100,7 +100,14 @@ def test_kemi_host_continues_directly_into_the_mixin_method(ksr: fake_ksr.FakeKS
 
 
 HELD = held_calls.Held(aor="alice", uri="sip:alice@example.com", index=5, label=9)
-TARGET = {"provider": "apns", "prid": "ab", "param": "T.b.voip", "ruid": "r1", "instance": "i"}
+TARGET = {
+    "pushed": "1",
+    "provider": "apns",
+    "prid": "ab",
+    "param": "T.b.voip",
+    "ruid": "r1",
+    "instance": "i",
+}
 
 
 def test_a_held_call_is_found_by_aor_and_call_id_and_claimed_once(

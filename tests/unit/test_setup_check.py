@@ -41,3 +41,18 @@ def test_usrloc_without_database_is_refused_unless_accepted() -> None:
 
 def test_other_database_errors_are_not_a_memory_only_usrloc() -> None:
     assert problems(KamailioFacts(protos=GOOD.protos, usrloc_db_error="Failed to use table")) == []
+
+
+def test_edge_mode_needs_a_secret_rr_and_path_and_no_outbound() -> None:
+    found = problems(
+        KamailioFacts(
+            protos=frozenset({"tcp"}),
+            edge_secret_missing=True,
+            edge_missing_modules=("path",),
+            edge_outbound_loaded=True,
+        )
+    )
+    assert len(found) == 3
+    assert any("PUSHGATE_EDGE_FLOW_SECRET" in p for p in found)
+    assert any("path" in p and "loadmodule" in p for p in found)
+    assert any("outbound" in p for p in found)
