@@ -10,6 +10,7 @@ import pytest
 
 from testkit import sipp
 from testkit.stack import DOMAIN, Stack, push_data
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
 
@@ -25,6 +26,7 @@ def answered(run: sipp.SippRun) -> set[str]:
     return set(statuses(run))
 
 
+@on_kamailio("5.6", "6.0")
 def test_a_push_binding_under_someone_elses_aor_is_refused(make_stack: MakeStack) -> None:
     # bob's own credentials, alice's AoR in From/To: auth_check(..., flag 1) compares the
     # credentials' user with the To user of a REGISTER and fails; the answer is a new
@@ -84,6 +86,7 @@ def test_a_wake_token_is_refused_to_another_aor_and_to_another_device(
         assert caller.wait(10) == 0 and caller.final_response()[0] == 480
 
 
+@on_kamailio("5.6", "6.0")
 def test_a_local_caller_without_credentials_is_challenged_and_nothing_is_pushed(
     make_stack: MakeStack,
 ) -> None:
