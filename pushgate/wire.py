@@ -8,6 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 VERSION = 1
+MAX_MESSAGE = 60_000
+"""Bytes of a push message, under pushd's 64 KiB netstring frame (pushd.netstring)."""
+MAX_TEXT = 256
+"""Characters of a push's ``instance`` and of each ``data`` value: they come from the
+phone's REGISTER and the caller's INVITE (a display name of 25,000 "é" is 150 kB of
+JSON, past pushd's 64 KiB frame: pushd dropped the connection, Kamailio resent the push
+on the next one, and no push went out for anyone). APNs takes 5 KB of payload anyway."""
 FINAL_VERDICTS = frozenset({"delivered", "delete_token", "config_error", "give_up"})
 # Canonical unsigned decimals only: " 1", "+1", "01", "1_0" and "\u0663" are ints to int()
 # but not the id Kamailio wrote (results are matched by the id's text, too).
@@ -42,6 +49,10 @@ class HoldId:
         return cls(index=index, label=label, n=n)
 
 
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT]
+
+
 def push_message(
     *,
     hold_id: HoldId,
@@ -55,7 +66,10 @@ def push_message(
     deadline: float,
     data: dict[str, str],
 ) -> str:
-    return json.dumps(
+    """The ``push`` message: ``instance`` and ``data`` values cut to :data:`MAX_TEXT`
+    characters (prid, param and aor were bounded when the phone registered). A message
+    pushd would refuse as a whole is a :class:`WireError` here, never sent."""
+    text = json.dumps(
         {
             "type": "push",
             "id": str(hold_id),
@@ -65,12 +79,15 @@ def push_message(
             "param": param,
             "aor": aor,
             "ruid": ruid,
-            "instance": instance,
+            "instance": _bounded(instance),
             "deadline": round(deadline, 3),
-            "data": data,
+            "data": {k: _bounded(v) for k, v in data.items()},
         },
         separators=(",", ":"),
     )
+    if len(text) > MAX_MESSAGE:  # ASCII: characters are bytes
+        raise WireError(f"push: {len(text)} bytes, over {MAX_MESSAGE}")
+    return text
 
 
 def control_message(kind: str, **fields: Any) -> str:

@@ -8,11 +8,14 @@ the param. Nothing is stored, and a call to the user pushes nothing.
 
 from __future__ import annotations
 
+import socket
+import uuid
 from collections.abc import Callable
 
 import pytest
 
-from testkit.stack import Stack
+from pushgate import wire
+from testkit.stack import DOMAIN, FOREIGN_DOMAIN, Stack, push_data
 from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
@@ -92,3 +95,40 @@ def test_hostile_push_params_are_refused_naming_the_param_and_nothing_is_pushed(
     assert stack.apns is not None and stack.apns.pushes == []
     assert stack.fcm is not None and stack.fcm.messages == []
     assert "routing error" not in stack.kamailio.log.read_text(errors="replace")
+
+
+def test_an_invite_with_a_50kB_display_name_is_pushed_and_cuts_nobody_off(
+    make_stack: MakeStack,
+) -> None:
+    # An anonymous caller's display name goes into the push (caller_name): 25,000 "é" was
+    # 150 kB of JSON, over pushd's 64 KiB frame. pushd dropped the connection, Kamailio
+    # resent the push to the next one, and so on (600 reconnects in 5 s): every call to
+    # every sleeping phone got 480 "Push service unavailable" while it lasted.
+    stack = make_stack(hold_timeout=3)
+    alice, bob = stack.phone("alice"), stack.phone("bob")
+    stack.register_and_sleep(alice)
+    stack.register_and_sleep(bob)
+    call_id = uuid.uuid4().hex
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        port = udp.getsockname()[1]
+        invite = (
+            f"INVITE sip:alice@{DOMAIN} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id[:12]};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f'From: "{"é" * 25_000}" <sip:mallory@{FOREIGN_DOMAIN}>;tag=1\r\n'
+            f"To: <sip:alice@{DOMAIN}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:mallory@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        assert len(invite) > 50_000
+        udp.sendto(invite, ("127.0.0.1", stack.kamailio.sip_port))
+        assert stack.apns is not None
+        (push,) = stack.apns.wait_for_pushes(1, timeout=5)
+    assert push.token == alice.token
+    assert push_data(push)["caller_name"] == '"' + "é" * (wire.MAX_TEXT - 1)
+    # pushd stayed connected, and the next caller's push goes out as usual.
+    caller = stack.call("bob", expect_answer=False)
+    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert "Push service unavailable" not in caller.final_response()[1]
+    assert bob.token in [p.token for p in stack.apns.pushes]
+    assert stack.count_events("pushd_disconnected") == 0

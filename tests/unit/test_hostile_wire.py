@@ -26,7 +26,7 @@ from pushd import dispatch, netstring
 from pushd.dispatch import BadPush, RequestDefaults
 from pushd.model import ProviderName, PushKind
 from pushd.netstring import NetstringError
-from pushgate import wire
+from pushgate import pn_params, wire
 from pushgate.wire import WireError
 from tests.unit import hostile
 
@@ -354,34 +354,40 @@ def test_any_bytes_into_pushds_decoder(chunks: list[bytes]) -> None:
         raise AssertionError("a broken decoder went on decoding") from None
 
 
-@hostile.cases(300)
+@hostile.cases(1_000)
 @given(
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
     hostile.mutations(st.just(TOKEN)),
+    hostile.mutations(st.just('"Bob" <sip:bob@caller.example>')),
+    hostile.mutations(st.just("<urn:uuid:00000000-0000-4000-8000-000000000001>")),
 )
+@example(1, 2, 0, TOKEN, "\u00e9" * 25_000, "<urn:uuid:1>")
 def test_a_push_kamailio_writes_is_read_by_pushd_as_written(
-    index: int, label: int, n: int, prid: str
+    index: int, label: int, n: int, prid: str, caller: str, instance: str
 ) -> None:
+    # Kamailio fills data from the caller's INVITE: a 25,000-character display name made
+    # a push pushd refused as a frame (connection dropped, resent, dropped, ...).
     hold_id = wire.HoldId(index=index, label=label, n=n)
-    text = wire.push_message(
-        hold_id=hold_id,
-        kind="call",
-        provider="apns",
-        prid=prid,
-        param="ABCDE12345.com.example.app.voip",
-        aor="sip:a@d",
-        ruid="r",
-        instance="<i>",
-        deadline=NOW + 30,
-        data={"call_id": "c"},
-    )
+    try:
+        text = wire.push_message(
+            hold_id=hold_id, kind="call", provider="apns", prid=prid,
+            param="ABCDE12345.com.example.app.voip", aor="sip:a@d", ruid="r",
+            instance=instance, deadline=NOW + 30,
+            data={"call_id": caller, "caller": caller, "caller_name": caller},
+        )  # fmt: skip
+    except WireError as exc:
+        assert str(exc).startswith("push: ") and len(prid) > 10_000, exc
+        return
+    assert len(text) <= wire.MAX_MESSAGE
     (msg,) = netstring.Decoder().feed(netstring.encode(json.loads(text)))
     assert wire.HoldId.parse(msg["id"]) == hold_id
+    assert msg["data"]["caller"] == caller[: wire.MAX_TEXT] and msg["prid"] == prid
     try:
         request = dispatch.build_request(msg, DEFAULTS)
     except BadPush as exc:
         assert exc.field == "prid" and prid != TOKEN
         return
-    assert request.token == prid and request.topic == "com.example.app.voip"
+    assert request.token == pn_params.select_token(prid, "voip")
+    assert request.topic == "com.example.app.voip"

@@ -30,6 +30,20 @@ def test_push_message_round_trip() -> None:
     assert hid.tx_key == "12:345"
 
 
+def test_a_push_fits_pushds_frame_whatever_the_caller_sends() -> None:
+    # Found by tests/unit/test_hostile_wire.py, then on the stack: 25,000 "é" as display
+    # name made 150 kB of JSON; pushd refused the frame and reconnected, Kamailio resent it.
+    text = wire.push_message(
+        hold_id=wire.HoldId(index=1, label=2), kind="call", provider="apns", prid="ab",
+        param="T.b.voip", aor="sip:a@d", ruid="r", instance="<urn:uuid:1>" + "x" * 9000,
+        deadline=10.0, data={"caller_name": "\u00e9" * 25_000, "call_id": "c"},
+    )  # fmt: skip
+    msg = json.loads(text)
+    assert len(text) < 4000
+    assert msg["data"] == {"caller_name": "\u00e9" * wire.MAX_TEXT, "call_id": "c"}
+    assert len(msg["instance"]) == wire.MAX_TEXT
+
+
 def test_result_is_validated() -> None:
     r = wire.parse_result(
         {
