@@ -8,9 +8,9 @@ cut, repeated to tens of kilobytes, emptied, duplicated. The property tests buil
 (``test_hostile_*.py``) check that nothing crashes, nothing malformed is accepted, and
 every refusal names its culprit.
 
-Speed: each property runs 10,000 cases in CI, so a case is a few cheap draws (indexes
-into pools of realistic values and a short list of mutation operations) rather than
-strategies built on the fly.
+Speed: each main property runs 10,000 cases in CI, and hypothesis' own cost per draw
+is more than the code under test's, so a case is one drawn integer (:class:`Bits`) that
+picks a realistic value from a fixed pool and the mutations to apply to it.
 """
 
 from __future__ import annotations
