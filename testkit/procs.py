@@ -14,17 +14,26 @@ from pathlib import Path
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port that is free for TCP and UDP right now (SIP listens on both)."""
-    for _ in range(50):
+    """A port that is free for TCP and UDP right now (SIP listens on both).
+
+    Picked below the kernel's ephemeral range (32768+): a port the kernel hands out to
+    some process's outgoing connection cannot take it between this check and the bind
+    of the server we start on it (seen under load as SIPp exiting with 254).
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, 20000)  # SIPp media blocks take 20000-32000
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
+            try:
+                tcp.bind((host, port))
+            except OSError:
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind((host, port))
                 except OSError:
                     continue
-            return port
+        return port
     raise RuntimeError("no free port found")
 
 
