@@ -37,6 +37,20 @@ class Kamailio:
     """More command-line options for ``cfg`` (e.g. ``-n 2``)."""
     evapi: bool = True
     """Whether the cfg loads evapi: readiness then includes the evapi port."""
+    shm_mb: int = 64
+    """Shared memory (``-m``), MB."""
+    pkg_mb: int = 8
+    """Private memory per process (``-M``), MB."""
+    mem_manager: str | None = None
+    """Kamailio's memory manager (``-x``: ``qm``, ``fm``, ``tlsf``); None: its default."""
+    environ: dict[str, str] = field(default_factory=dict)
+    """More environment variables for Kamailio (and its Python)."""
+    wrapper: tuple[str, ...] = ()
+    """A command to run Kamailio under (e.g. valgrind and its options)."""
+    start_timeout: float = 20.0
+    """Seconds to wait for Kamailio to listen."""
+    repo: Path = REPO
+    """Source tree of kamailio.cfg, pushgate.cfg and kemi/ (another checkout: A/B runs)."""
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,7 +71,7 @@ class Kamailio:
             "SIP_DOMAIN": f'"{self.domain}"',
             "LISTEN_IP": "127.0.0.1",
             "SIP_PORT": str(self.sip_port),
-            "KEMI_SCRIPT": f'"{REPO / "kemi" / "pushgate_kemi.py"}"',
+            "KEMI_SCRIPT": f'"{self.repo / "kemi" / "pushgate_kemi.py"}"',
             "PUSHGATE_EVAPI_BIND": f'"127.0.0.1:{self.evapi_port}"',
             "PUSHGATE_SECRET": f'"{self.secret}"',
             "PUSHGATE_HOLD_TIMEOUT": str(self.hold_timeout),
@@ -84,7 +98,7 @@ class Kamailio:
 
     def argv(self, check_only: bool = False) -> list[str]:
         if self.cfg is None:
-            argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
+            argv = [KAMAILIO, "-f", str(self.repo / "kamailio.cfg")]
             defines = self.defines()
         else:
             argv = [KAMAILIO, "-f", str(self.cfg), *self.cfg_args]
@@ -93,7 +107,8 @@ class Kamailio:
             argv += ["-A", f"{name}={value}" if value else name]
         if check_only:
             return [*argv, "-c"]
-        return [*argv, "-DD", "-E", "-m", "64", "-M", "8"]
+        argv += ["-DD", "-E", "-m", str(self.shm_mb), "-M", str(self.pkg_mb)]
+        return [*argv, "-x", self.mem_manager] if self.mem_manager else argv
 
     def check(self) -> subprocess.CompletedProcess[str]:
         self.rundir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +117,11 @@ class Kamailio:
     def start(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True)
         # Kamailio's Python finds Pushgate's packages the way an install provides them.
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(self.repo)}
+        env.update(self.environ)
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv(),
+                [*self.wrapper, *self.argv()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -113,7 +129,7 @@ class Kamailio:
                 cwd=self.workdir,
             )
         try:
-            wait_until(self._ready, 20, "kamailio to listen")
+            wait_until(self._ready, self.start_timeout, "kamailio to listen")
         except TimeoutError as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{tail(self.log)}") from None
@@ -126,6 +142,11 @@ class Kamailio:
             and (not self.evapi or port_open(self.evapi_port))
             and (self.rundir / "kamailio_ctl").exists()
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The main process (its children are Kamailio's workers)."""
+        return self._proc.pid if self._proc is not None else None
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
