@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable, Iterable
 
 from bench.simsip import Phone, WakeResult
@@ -39,6 +40,9 @@ class Farm:
         self.failed_pushes = 0
         self.skipped_awake = 0
         self.on_result: Callable[[WakeResult], None] | None = None
+        self.defer = False
+        """True: a push does not wake its phone; it waits in ``deferred`` for wake_deferred()."""
+        self.deferred: list[tuple[Phone, str]] = []
 
     def attach(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -83,8 +87,14 @@ class Farm:
         if phone.user in self.awake:
             self.skipped_awake += 1
             return
+        if self.defer:
+            self.deferred.append((phone, wake_token if self.use_wake_token else ""))
+            return
+        self._start(phone, wake_token if self.use_wake_token else "")
+
+    def _start(self, phone: Phone, wake_token: str) -> None:
         self.awake.add(phone.user)
-        task = asyncio.ensure_future(self._wake(phone, wake_token if self.use_wake_token else ""))
+        task = asyncio.ensure_future(self._wake(phone, wake_token))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -99,6 +109,18 @@ class Farm:
         self.results.append(result)
         if self.on_result is not None:
             self.on_result(result)
+
+    async def wake_deferred(self, rate: float) -> int:
+        """Wake the phones whose pushes were held back, ``rate`` per second; how many."""
+        todo, self.deferred = self.deferred, []
+        started = time.monotonic()
+        for i, (phone, wake_token) in enumerate(todo):
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if phone.user not in self.awake:
+                self._start(phone, wake_token)
+        return len(todo)
 
     async def drain(self, timeout: float) -> None:
         """Wait for the wake-ups in progress (at most ``timeout`` s), cancel the rest."""

@@ -5,6 +5,7 @@ CPU time of a process tree, Kamailio's memory figures, and clean stops on signal
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import hashlib
@@ -205,8 +206,27 @@ def sipp_argv(
 def start_sipp(argv: list[str], workdir: Path, name: str) -> subprocess.Popen[bytes]:
     out = (workdir / f"{name}.out").open("wb")
     return subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        argv,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=workdir,  # where -trace_rtt writes <scenario>_<pid>_rtt.csv
     )
+
+
+def sipp_rtts_ms(workdir: Path, scenario: str) -> list[float]:
+    """Response times (ms) of every call from SIPp's ``-trace_rtt -rtt_freq 1`` files."""
+    out: list[float] = []
+    for f in workdir.glob(f"{scenario}_*_rtt.csv"):
+        for line in f.read_text(errors="replace").splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                try:
+                    out.append(float(parts[1]))
+                except ValueError:
+                    continue
+    return out
 
 
 def sipp_stats(stat_file: Path) -> dict[str, str]:
@@ -401,3 +421,12 @@ def htable_items(kam: Kamailio, table: str) -> int:
         return -1
     m = re.search(r"\ball:\s*(\d+)", block[1])
     return int(m.group(1)) if m else -1
+
+
+def fast_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory when installed (pushd depends on it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]

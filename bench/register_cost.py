@@ -22,8 +22,10 @@ A variant is a base with ``/``-separated modifiers, e.g. ``ours/tlsf``:
                            each step by difference
 ``/rev=REV``               ours from commit REV (``git archive``): A/B of two commits
 
-Each variant first registers its own ``--registers`` phones once (warm-up: new bindings,
-Python imports and caches, msilo's first look per AoR), then Kamailio's idle CPU is
+Each variant first registers its own ``--registers`` phones twice (warm-up: new bindings,
+Python imports and caches, msilo's first look per AoR), first over a TCP connection per
+REGISTER so that every TCP worker is warm (a worker's first requests cost up to half as
+much again: lazy imports, caches), then over one connection; then Kamailio's idle CPU is
 measured for a few seconds. A measured run is SIPp sending ``--registers`` refreshes of
 those bindings at ``--rate`` per second; the CPU of every Kamailio process (all threads,
 the scheduler's exact nanoseconds from /proc/<pid>/task/*/schedstat) before and after,
@@ -176,7 +178,11 @@ def idle_rates(variants: list[Variant], seconds: float) -> None:
         v.idle_ns_per_s = (h.cpu_ns(v.pids) - before[v.name]) / elapsed
 
 
-def register_all(v: Variant, root: Path, label: str, rate: float, pg_pids: list[int]) -> Run:
+def register_all(
+    v: Variant, root: Path, label: str, rate: float, pg_pids: list[int], transport: str = "t1"
+) -> Run:
+    """``len(v.phones)`` REGISTERs, one per phone; over one TCP connection (``t1``) or a
+    connection each (``tn``: Kamailio spreads them over its TCP workers)."""
     n = len(v.phones)
     argv = h.sipp_argv(
         "register_inf",
@@ -186,7 +192,7 @@ def register_all(v: Variant, root: Path, label: str, rate: float, pg_pids: list[
         calls=n,
         rate=rate,
         inf=v.inf,
-        transport="t1",
+        transport=transport,
         limit=200,
     )
     cores = os.sched_getaffinity(0)
@@ -272,7 +278,8 @@ def profile_run(
     try:
         kam.start()
         v.pids = h.process_tree(kam.pid or 0)
-        register_all(v, root, "warm", args.rate * 2, pg_pids)
+        register_all(v, root, "warm", args.rate * 2, pg_pids, "tn")
+        register_all(v, root, "warm2", args.rate * 2, pg_pids)
         for old in raw.glob("*.prof"):
             old.unlink()
         run = register_all(v, root, "profiled", args.rate, pg_pids)
@@ -314,7 +321,7 @@ def run(args: argparse.Namespace, root: Path, runs: list[Run], meta: dict[str, o
             v.kam.start()
             v.pids = h.process_tree(v.kam.pid or 0)
         for v in variants:
-            warm = register_all(v, root, "warm", min(args.rate * 2, 1000), pg_pids)
+            warm = register_all(v, root, "warm", min(args.rate * 2, 1000), pg_pids, "tn")
             if warm.ok != args.registers:
                 raise RuntimeError(f"{v.name}: warm-up registered {warm.ok} of {args.registers}")
             print(
@@ -322,7 +329,8 @@ def run(args: argparse.Namespace, root: Path, runs: list[Run], meta: dict[str, o
                 f" {warm.us_per_register:7.1f} us",
                 flush=True,
             )
-        # The Python variants' first pass warmed caches; a second unmeasured pass each.
+        # The first pass (a connection per REGISTER) warmed every TCP worker's Python and
+        # caches; a second unmeasured pass over one connection, as the measured ones.
         for v in variants:
             register_all(v, root, "warm2", min(args.rate * 2, 1000), pg_pids)
         idle_rates(variants, IDLE_SECONDS)
@@ -413,8 +421,8 @@ def count_instructions(
     v = Variant(name, kam, pop, h.write_injection(root / f"instr-{slug(name)}.csv", pop))
     try:
         kam.start()
-        for label in ("iwarm", "iwarm2"):
-            warm = register_all(v, root, label, rate, [])
+        for label, transport in (("iwarm", "tn"), ("iwarm2", "t1")):
+            warm = register_all(v, root, label, rate, [], transport)
             if warm.ok != n:
                 raise RuntimeError(f"{name} under valgrind: {warm.ok} of {n} registered")
         time.sleep(2)

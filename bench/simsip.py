@@ -318,15 +318,19 @@ class Phone:
             return
         raise RuntimeError(f"REGISTER {self.user}: no 200")
 
-    async def register(self, timeout: float = 10.0) -> None:
-        """REGISTER on a new connection, then close it: the phone is asleep."""
+    async def register(self, timeout: float = 10.0) -> WakeResult:
+        """REGISTER on a new connection (digest answered), then close it: the phone is
+        asleep. ``register_sent`` is when the connection was asked for."""
+        result = WakeResult(self.user, register_sent=time.perf_counter())
         reader, writer, local = await self._open()
         try:
             await self._do_register(reader, writer, StreamReader(), local, "", None, timeout)
+            result.registered = time.perf_counter()
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+        return result
 
     async def wake(self, wake_token: str = "", timeout: float = 15.0) -> WakeResult:
         """What a pushed phone does: REGISTER on a new flow, take the call, sleep again."""
