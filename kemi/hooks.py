@@ -187,7 +187,7 @@ class Hooks:
         else:
             check = self.check_register(contacts)
         self._register = None
-        aor, bindings = ksr_bindings.fetch(to_aor())
+        aor, bindings = ksr_bindings.fetch(to_aor(), push=False)  # flows only
         conid = int(KSR.pv.get("$conid") or 0)
         if not aor or not woke_on(bindings, conid, check.adds_binding):
             return
