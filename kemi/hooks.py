@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import KSR
 
-from kemi import callkit, held_calls, ksr_bindings, messages, pushd_channel, pushing
+from kemi import callkit, capacity, held_calls, ksr_bindings, messages, pushd_channel, pushing
 from kemi.host import Host, Route
 from kemi.settings import Settings, log, reply_reason
 from pushgate import flood, registration, setup_check, sipmsg, wake_token
@@ -247,9 +247,16 @@ class Hooks:
             return False
         if not KSR.is_INVITE() or not decision.push:
             return False
+        if decision.action is not Action.RELAY and capacity.short_of_shm(self.settings.shm_reserve):
+            capacity.refuse(aor, "shm")
+            return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
         # retransmission of an INVITE already held is absorbed by tm: push nothing twice.
-        if KSR.tm.t_newtran() == 0:
+        created = KSR.tm.t_newtran()
+        if created == 0:
+            return True
+        if created < 0:  # no transaction: tm is out of shared memory
+            capacity.refuse(aor, "no_transaction")
             return True
         held = current_held(aor, uri)
         plan = self.flood_plan(held, decision.push)

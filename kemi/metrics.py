@@ -21,6 +21,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "wake_token": ("wake_tokens", ("accepted",)),
     "push_resent": ("pushes_resent", ()),
     "push_limited": ("held_calls", ("=push_limited",)),
+    "hold_refused": ("held_calls", ("=refused_no_memory",)),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")

@@ -37,6 +37,8 @@ class Settings:
     msg_store_ttl: int
     metrics_allow: frozenset[str]
     limits: Limits
+    shm_reserve: int = 0
+    """Bytes of shared memory that must stay free to hold a new call (kemi/capacity.py)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -62,6 +64,7 @@ class Settings:
                 caller_pushes=define_int("PUSHGATE_CALLER_PUSHES", 3),
                 window=define_int("PUSHGATE_PUSH_WINDOW", 60),
             ),
+            shm_reserve=define_int("PUSHGATE_SHM_RESERVE", 16) * 2**20,
         )
 
 
