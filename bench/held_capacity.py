@@ -70,6 +70,8 @@ class Outcome:
     shm_baseline_mb: float = 0.0
     shm_at_peak_mb: float = 0.0
     shm_after_mb: float = 0.0
+    shm_max_used_mb: float = 0.0
+    """Kamailio's high-water mark of shm use over the whole run (core.shmmem max_used)."""
     shm_per_held_kb: float = 0.0
     shm_fragments_at_peak: int = 0
     held_after: int = 0
@@ -263,7 +265,7 @@ async def experiment(
             flush=True,
         )
         t0 = time.monotonic()
-        out.woken = await farm.wake_deferred(args.wake_rate)
+        out.woken = await farm.wake_deferred(args.limit_wake_rate if limit else args.wake_rate)
         pending = [c.done for c in calls if c.done is not None and not c.done.done()]
         if pending:
             await asyncio.wait(pending, timeout=60)
@@ -272,6 +274,8 @@ async def experiment(
         await asyncio.sleep(2.0)
         out.held_after = await held(stack)
         out.shm_after_mb = round((await shm_mb(stack))[0], 1)
+        stats = await asyncio.to_thread(h.shm_stats, stack.kamailio)
+        out.shm_max_used_mb = round(stats.get("max_used", 0) / 2**20, 1)
         tally(calls, farm, out, rejected)
     finally:
         caller.close()
@@ -296,6 +300,7 @@ def run_mode(mode: str, args: argparse.Namespace, root: Path) -> Outcome:
         defines={"REG_AUTH": "0"},
     )
     stack.kamailio.shm_mb = shm
+    stack.kamailio.mem_manager = args.mem_manager or None
     try:
         stack.start()
         users = h.phones(f"{mode}x", n)
@@ -328,7 +333,7 @@ def report(o: Outcome) -> None:
         f"      Kamailio alive {o.kamailio_alive}, processes {o.processes_before}->"
         f"{o.processes_after}, OPTIONS at the peak {o.options_after_ms} ms;"
         f" held after {o.held_after}; shm {o.shm_baseline_mb} -> {o.shm_at_peak_mb}"
-        f" -> {o.shm_after_mb} MB\n"
+        f" -> {o.shm_after_mb} MB (high-water {o.shm_max_used_mb} MB)\n"
         f"      log: {o.log_errors}\n"
         f"      REGISTER -> INVITE while waking all: p50 {r.get('p50', 0):.2f}"
         f" p99 {r.get('p99', 0):.2f} max {r.get('max', 0):.2f} ms"
@@ -351,6 +356,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-phones", type=int, default=8000)
     p.add_argument("--limit-shm", type=int, default=64)
     p.add_argument("--limit-rate", type=float, default=200.0)
+    p.add_argument("--limit-wake-rate", type=float, default=300.0)
+    p.add_argument("--mem-manager", default="", help="Kamailio -x (qm, fm, tlsf); default qm")
     p.add_argument("--keep-logs", default="", metavar="DIR", help="copy Kamailio's logs here")
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     args = p.parse_args(argv)

@@ -135,6 +135,7 @@ def run_size(n: int, args: argparse.Namespace, root: Path) -> SizeResult:
         defines={"REG_AUTH": "0"},
     )
     stack.kamailio.shm_mb = shm
+    stack.kamailio.mem_manager = args.mem_manager or None
     held_sipp = None
     try:
         stack.start()
@@ -255,6 +256,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=200)
     p.add_argument("--hold-timeout", type=int, default=170)
     p.add_argument("--shm", type=int, default=0, help="Kamailio -m in MB (0: by size)")
+    p.add_argument("--mem-manager", default="", help="Kamailio -x (qm, fm, tlsf); default qm")
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--quiet-wait", type=float, default=20.0, metavar="S")
     p.add_argument("--keep", action="store_true")
