@@ -33,9 +33,13 @@ e2e: bootstrap
 e2e-6.0: bootstrap
 	$(PY) -m pytest -q -m e2e -k "6.0 or 6_0"
 
+# The quick benchmarks (a few minutes each); the long ones (held_capacity, mass_register,
+# soak) are run by hand: bench/README.md.
 bench: bootstrap
 	$(PY) -m bench.push_throughput
 	$(PY) -m bench.sip_latency
+	$(PY) -m bench.register_cost --rounds 3 --registers 2000
+	$(PY) -m bench.held_scale --sizes 10,100,1000 --probes 100
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .cache

@@ -21,7 +21,17 @@ from dataclasses import dataclass
 
 import KSR
 
-from kemi import callkit, compat, edge, held_calls, ksr_bindings, messages, pushd_channel, pushing
+from kemi import (
+    callkit,
+    capacity,
+    compat,
+    edge,
+    held_calls,
+    ksr_bindings,
+    messages,
+    pushd_channel,
+    pushing,
+)
 from kemi.host import Host, Route
 from kemi.settings import Settings, define, log, reply_reason
 from pushgate import edge as edge_plan
@@ -217,7 +227,7 @@ class Hooks:
         else:
             check = self.check_register(contacts)
         self._register = None
-        aor, bindings = ksr_bindings.fetch(to_aor())
+        aor, bindings = ksr_bindings.fetch(to_aor(), push=False)  # flows only
         conid = int(KSR.pv.get("$conid") or 0)
         if not aor or not woke_on(bindings, conid, check.adds_binding):
             return
@@ -279,9 +289,16 @@ class Hooks:
             )
         if not KSR.is_INVITE() or not decision.push:
             return False
+        if decision.action is not Action.RELAY and capacity.short_of_shm(self.settings.shm_reserve):
+            capacity.refuse(aor, "shm")
+            return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
         # retransmission of an INVITE already held is absorbed by tm: push nothing twice.
-        if KSR.tm.t_newtran() == 0:
+        created = KSR.tm.t_newtran()
+        if created == 0:
+            return True
+        if created < 0:  # no transaction: tm is out of shared memory
+            capacity.refuse(aor, "no_transaction")
             return True
         held = current_held(aor, uri)
         plan = self.flood_plan(held, decision.push)

@@ -23,9 +23,12 @@ def _ulc(field: str, i: int) -> str:
     return "" if value is None else str(value)
 
 
-def fetch(aor: str) -> tuple[str, list[Binding]]:
+def fetch(aor: str, push: bool = True) -> tuple[str, list[Binding]]:
     """usrloc's key of the AoR (``alice`` or ``alice@domain``, after its ``use_domain``)
-    and its current bindings with their live/asleep state (``("", [])`` if none)."""
+    and its current bindings with their live/asleep state (``("", [])`` if none).
+
+    ``push=False``: the bindings' push parameters are not parsed (``Binding.push`` is
+    None): for a caller that only needs their flows, saving most of the cost."""
     if KSR.registrar.reg_fetch_contacts("location", aor, _C) < 0:
         return "", []
     try:
@@ -43,16 +46,16 @@ def fetch(aor: str) -> tuple[str, list[Binding]]:
             transport = transport_of(_ulc("socket", i), received, uri)
             is_open = conid > 0 and KSR.tcpops.tcp_conid_alive(conid) > 0
             try:
-                push = pn_params.parse_uri(uri)
+                params = pn_params.parse_uri(uri) if push else None
             except pn_params.PnError:
-                push = None  # validated at REGISTER; a stored bad one is simply not pushable
+                params = None  # validated at REGISTER; a stored bad one is simply not pushable
             binding = Binding(
                 ruid=_ulc("ruid", i),
                 uri=uri,
                 instance=_ulc("instance", i),
                 transport=transport,
                 alive=flow_alive(transport, conid, is_open),
-                push=push,
+                push=params,
                 target=received or uri,
                 conid=max(conid, 0),
             )

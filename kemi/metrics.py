@@ -22,6 +22,7 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "push_resent": ("pushes_resent", ()),
     "push_limited": ("held_calls", ("=push_limited",)),
     "edge_binding": ("edge_bindings", ("capped", "refreshable")),
+    "hold_refused": ("held_calls", ("=refused_no_memory",)),
 }
 
 ENABLED = hasattr(KSR, "xhttp_prom")

@@ -41,6 +41,8 @@ class Settings:
     """Edge mode (edge.cfg, docs/edge.md): the registrar is the upstream, not this Kamailio."""
     flow_secret: str = ""
     """Edge mode: outbound's ``flow_token_secret`` (PUSHGATE_EDGE_FLOW_SECRET)."""
+    shm_reserve: int = 0
+    """Bytes of shared memory that must stay free to hold a new call (kemi/capacity.py)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -68,6 +70,7 @@ class Settings:
             ),
             edge=KSR.pv.get("$def(PUSHGATE_EDGE)") is not None,
             flow_secret=define("PUSHGATE_EDGE_FLOW_SECRET", ""),
+            shm_reserve=define_int("PUSHGATE_SHM_RESERVE", 16) * 2**20,
         )
 
 

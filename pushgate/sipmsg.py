@@ -7,6 +7,9 @@ import re
 
 def split_header_values(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas in quotes and ``<...>``."""
+    if "," not in value:  # one value (a phone's Contact): no need to scan it
+        value = value.strip()
+        return [value] if value else []
     out: list[str] = []
     depth = 0
     quoted = False

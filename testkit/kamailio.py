@@ -111,6 +111,20 @@ class Kamailio:
     """Whether the cfg loads evapi: readiness then includes the evapi port."""
     version: str = "5.6"
     """Kamailio release to run (``KAMAILIO_VERSIONS``): 5.6 is the host's, 6.0 a root's."""
+    shm_mb: int = 64
+    """Shared memory (``-m``), MB."""
+    pkg_mb: int = 8
+    """Private memory per process (``-M``), MB."""
+    mem_manager: str | None = None
+    """Kamailio's memory manager (``-x``: ``qm``, ``fm``, ``tlsf``); None: its default."""
+    environ: dict[str, str] = field(default_factory=dict)
+    """More environment variables for Kamailio (and its Python)."""
+    wrapper: tuple[str, ...] = ()
+    """A command to run Kamailio under (e.g. valgrind and its options)."""
+    start_timeout: float = 20.0
+    """Seconds to wait for Kamailio to listen."""
+    repo: Path = REPO
+    """Source tree of kamailio.cfg, pushgate.cfg and kemi/ (another checkout: A/B runs)."""
     _proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -131,7 +145,7 @@ class Kamailio:
             "SIP_DOMAIN": f'"{self.domain}"',
             "LISTEN_IP": "127.0.0.1",
             "SIP_PORT": str(self.sip_port),
-            "KEMI_SCRIPT": f'"{REPO / "kemi" / "pushgate_kemi.py"}"',
+            "KEMI_SCRIPT": f'"{self.repo / "kemi" / "pushgate_kemi.py"}"',
             "PUSHGATE_EVAPI_BIND": f'"127.0.0.1:{self.evapi_port}"',
             "PUSHGATE_SECRET": f'"{self.secret}"',
             "PUSHGATE_HOLD_TIMEOUT": str(self.hold_timeout),
@@ -158,18 +172,23 @@ class Kamailio:
 
     def argv(self, check_only: bool = False) -> list[str]:
         if self.cfg is None:
-            argv = [KAMAILIO, "-f", str(REPO / "kamailio.cfg")]
+            argv = [KAMAILIO, "-f", str(self.repo / "kamailio.cfg")]
             defines = self.defines()
         else:
             argv = [KAMAILIO, "-f", str(self.cfg), *self.cfg_args]
             defines = {**(self.cfg_defines or {}), **self.extra}
         for name, value in defines.items():
             argv += ["-A", f"{name}={value}" if value else name]
-        argv = [*argv, "-c"] if check_only else [*argv, "-DD", "-E", "-m", "64", "-M", "8"]
+        if check_only:
+            argv = [*argv, "-c"]
+        else:
+            argv += ["-DD", "-E", "-m", str(self.shm_mb), "-M", str(self.pkg_mb)]
+            if self.mem_manager:
+                argv += ["-x", self.mem_manager]
         root = self.root
         if root is None:
             return argv
-        binds = [REPO, self.workdir.resolve()]
+        binds = [REPO, self.repo.resolve(), self.workdir.resolve()]
         if self.cfg is not None:
             binds.append(self.cfg.resolve().parent)
         binds += [p.resolve().parent for p in self.tls or ()]
@@ -187,10 +206,11 @@ class Kamailio:
     def start(self) -> None:
         self.rundir.mkdir(parents=True, exist_ok=True)
         # Kamailio's Python finds Pushgate's packages the way an install provides them.
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(self.repo)}
+        env.update(self.environ)
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
-                self.argv(),
+                [*self.wrapper, *self.argv()],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -198,7 +218,7 @@ class Kamailio:
                 cwd=self.workdir,
             )
         try:
-            wait_until(self._ready, 20, "kamailio to listen")
+            wait_until(self._ready, self.start_timeout, "kamailio to listen")
         except TimeoutError as exc:
             self.stop()
             raise RuntimeError(f"{exc}\n{tail(self.log)}") from None
@@ -211,6 +231,11 @@ class Kamailio:
             and (not self.evapi or port_open(self.evapi_port))
             and (self.rundir / "kamailio_ctl").exists()
         )
+
+    @property
+    def pid(self) -> int | None:
+        """The main process (its children are Kamailio's workers)."""
+        return self._proc.pid if self._proc is not None else None
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

@@ -12,7 +12,7 @@ from tests.unit import fake_ksr
 
 fake_ksr.install()
 
-from kemi import held_calls, native, pushd_channel  # noqa: E402
+from kemi import capacity, held_calls, native, pushd_channel  # noqa: E402
 from kemi.host import KemiHost, NativeHost, Route  # noqa: E402
 from pushgate import wire  # noqa: E402
 
@@ -178,3 +178,23 @@ def test_a_register_queries_msilo_only_when_something_may_be_stored(
     messages.still_stored(Settings.from_cfg(), uri)  # a message stored or not taken
     messages.deliver_stored(uri)
     assert ksr.called("msilo", "mdump_uri") == [(uri,), (uri,)]
+
+
+def test_a_call_is_held_only_while_the_shm_reserve_is_free(ksr: fake_ksr.FakeKSR) -> None:
+    reserve = 16 * 2**20
+    ksr.pvs["$stat(free_size)"] = 40 * 2**20
+    assert not capacity.short_of_shm(reserve)
+    ksr.pvs["$stat(free_size)"] = 15 * 2**20
+    assert capacity.short_of_shm(reserve)
+    assert not capacity.short_of_shm(0)  # PUSHGATE_SHM_RESERVE 0: off
+    del ksr.pvs["$stat(free_size)"]
+    assert not capacity.short_of_shm(reserve)  # no figure (no kex): never refuse
+
+
+def test_a_refused_call_gets_503_with_retry_after(ksr: fake_ksr.FakeKSR) -> None:
+    ksr.pvs["$ci"] = "c1"
+    capacity.refuse("alice", "shm")
+    headers = [c[0] for c in ksr.called("hdr", "append_to_reply")]
+    assert "Retry-After: 30\r\n" in headers
+    assert ksr.called("sl", "sl_send_reply") == [(503, "Service Unavailable")]
+    assert any("event=hold_refused" in text for _, text in ksr.log)
