@@ -198,3 +198,12 @@ def test_a_refused_call_gets_503_with_retry_after(ksr: fake_ksr.FakeKSR) -> None
     assert "Retry-After: 30\r\n" in headers
     assert ksr.called("sl", "sl_send_reply") == [(503, "Service Unavailable")]
     assert any("event=hold_refused" in text for _, text in ksr.log)
+
+
+def test_push_counts_keep_their_window() -> None:
+    """pushing.count() gives a key its window as expiry at the first push and then only
+    increments it: with htable's default updateexpire=1 every increment would reset the
+    expiry to the table's autoexpire (an hour), and a device stays at its limit."""
+    cfg = (REPO / "pushgate.cfg").read_text()
+    line = next(x for x in cfg.splitlines() if '"pushgate_rate=>' in x and "modparam" in x)
+    assert "updateexpire=0" in line
