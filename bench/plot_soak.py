@@ -43,6 +43,14 @@ def main(src: str, dest: str) -> None:
     ax.plot(t, [s["wake_p50_ms"] for s in samples], label="REGISTER -> INVITE p50")
     ax.plot(t, [s["wake_p99_ms"] for s in samples], label="REGISTER -> INVITE p99")
     ax.plot(t, [s["push_p99_ms"] for s in samples], label="INVITE -> push p99", linestyle="--")
+    if any("kam_p99_ms" in s for s in samples):
+        ax.plot(
+            t,
+            [s.get("kam_p99_ms", float("nan")) for s in samples],
+            label="Kamailio: REGISTER in -> INVITE relayed p99",
+            linestyle=":",
+            color="black",
+        )
     ax.set_ylabel("ms (per sample window)")
     ax.legend(loc="upper left")
 
