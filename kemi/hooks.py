@@ -211,6 +211,7 @@ class Hooks:
             already_has_pns="sip.pns" in str(KSR.pv.get("$hdr(Feature-Caps)") or ""),
             served=self.settings.providers,
             min_expires=self.settings.pn_min_expires,
+            vapid_public_key=self.settings.vapid_public_key,
         )
 
     def registered(self) -> None:
@@ -496,6 +497,7 @@ class Hooks:
             already_has_pns=stash.has_pns,
             served=self.settings.providers,
             min_expires=self.settings.pn_min_expires,
+            vapid_public_key=self.settings.vapid_public_key,
         )
         if "sip.pns" not in str(KSR.pv.get("$hdr(Feature-Caps)") or ""):
             for header in check.extra_headers:
