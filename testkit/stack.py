@@ -185,6 +185,7 @@ class Stack:
             key = webpush_keys.generate(self.vapid_key_file)
             self.vapid_public_key = webpush_keys.public_key_b64(key)
             self.kamailio.extra = {
+                "WITH_WEBSOCKET": "",
                 "PUSHGATE_PROVIDERS": '"apns,fcm,webpush"',
                 "PUSHGATE_VAPID_PUBLIC_KEY": f'"{self.vapid_public_key}"',
                 **self.kamailio.extra,
@@ -203,7 +204,13 @@ class Stack:
 
     def _use_stock(self, flavour: str, patches: Sequence[Path], files_of: str) -> None:
         k = self.kamailio
-        site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
+        site = stock.Site(
+            db_url=k.db_url,
+            sip_port=k.sip_port,
+            domain=k.domain,
+            rundir=k.rundir,
+            ws_port=k.ws_port,
+        )
         self.stock = stock.prepare(
             "kemi" if flavour == "kemi" else "default",
             k.workdir / "etc",

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from testkit import sipp
+from testkit import sipp, stock
 from testkit.certs import TestPki
 from testkit.chromium import Chromium, PageServer
 from testkit.fake_webpush import Subscription, wait_for_push
 from testkit.procs import wait_until
 from testkit.stack import DOMAIN, Stack
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
 
 MakeStack = Callable[..., Stack]
 PASSWORD = "browser-secret-1"
@@ -47,9 +49,11 @@ def browser(tmp_path: Path, pki: TestPki) -> Iterator[Chromium]:
 
 
 def page_url(pages: PageServer, stack: Stack, user: str, sub: Subscription | None) -> str:
+    """The softphone page: WSS when Kamailio has TLS, else WS (the drop-in's site)."""
     k = stack.kamailio
+    ws = f"wss://127.0.0.1:{k.wss_port}" if k.tls else f"ws://127.0.0.1:{k.ws_port}"
     return pages.url(
-        ws=f"wss://127.0.0.1:{k.wss_port}",
+        ws=ws,
         user=user,
         password=PASSWORD,
         domain=DOMAIN,
@@ -88,27 +92,28 @@ def sleep_page(browser: Chromium, stack: Stack) -> None:
     wait_until(lambda: ws_connections(stack) == 0, 10, "the page's WebSocket to close")
 
 
-def test_sleeping_browser_is_woken_by_web_push_and_answers(
-    make_stack: MakeStack, browser: Chromium, pages: PageServer
-) -> None:
-    stack = make_stack(websocket=True, tls=True)
-    stack.add_subscriber("alice", PASSWORD)
+def sleep_call_wake_answer(
+    stack: Stack, browser: Chromium, pages: PageServer, user: str
+) -> dict[str, float]:
+    """Register the page with a webpush subscription, close it, call: the push at the
+    stand-in reopens the page, which must answer the held call; returns the timings (s)."""
+    stack.add_subscriber(user, PASSWORD)
     fake = stack.webpush
     assert fake is not None
     sub = fake.subscribe(stack.vapid_public_key)
-    register_page(browser, pages, stack, "alice", sub)
+    register_page(browser, pages, stack, user, sub)
     # RFC 8599 §8.3: our VAPID key in the same Feature-Caps as sip.pns.
     caps = browser.value("window.phone.featureCaps")
     assert caps == [f'*;+sip.pns="webpush";+sip.vapid="{stack.vapid_public_key}"'], caps
-    [binding] = stack.bindings("alice")
+    [binding] = stack.bindings(user)
     assert "pn-provider=webpush" in binding and sub.endpoint in binding
     assert "transport=ws" in binding
     sleep_page(browser, stack)
 
     since = time.time()
-    call = caller(stack, "alice", expect_answer=True)
+    call = caller(stack, user, expect_answer=True)
     [push] = wait_for_push(fake, sub, 1, 15)
-    reopened = browser.open(page_url(pages, stack, "alice", sub))
+    reopened = browser.open(page_url(pages, stack, user, sub))
     assert call.wait(30) == 0, call.output()[-3000:]
     answered = browser.wait_for("answered", 5)
     browser.wait_for("ended", 10)  # the caller's BYE reached the page
@@ -126,6 +131,7 @@ def test_sleeping_browser_is_woken_by_web_push_and_answers(
     invite_in = next(float(e["t"]) for e in events if e.get("event") == "request_in")
     register_in = next(float(e["t"]) for e in events if e.get("event") == "register_in")
     relayed = next(float(e["t"]) for e in events if e.get("event") == "invite_relayed")
+    assert invite_in < push.at < reopened < register_in < relayed < answered.at + 0.05
     timings = {
         "INVITE in -> push at stand-in": push.at - invite_in,
         "push at stand-in -> page reopened": reopened - push.at,
@@ -136,8 +142,31 @@ def test_sleeping_browser_is_woken_by_web_push_and_answers(
     }
     report = "\n".join(f"  {name:40s} {1000 * s:8.1f} ms" for name, s in timings.items())
     (stack.logs / "browser-wake-timings.txt").write_text(report + "\n")
-    print("\nbrowser wake path:\n" + report)
-    assert invite_in < push.at < reopened < register_in < relayed < answered.at + 0.05
+    print(f"\nbrowser wake path ({stack.flavour}, Kamailio {stack.kamailio.version}):\n{report}")
+    return timings
+
+
+@on_kamailio("5.6", "6.0")
+def test_sleeping_browser_is_woken_by_web_push_and_answers(
+    make_stack: MakeStack, browser: Chromium, pages: PageServer
+) -> None:
+    stack = make_stack(websocket=True, tls=True)
+    sleep_call_wake_answer(stack, browser, pages, "alice")
+
+
+@pytest.mark.parametrize("flavour", stock.FLAVOURS)
+def test_browser_is_woken_through_the_dropin_include(
+    make_stack: MakeStack, browser: Chromium, pages: PageServer, flavour: str
+) -> None:
+    """Kamailio's own stock config with Pushgate's patch, WITH_WEBSOCKET and a WS socket
+    of the site's: pushgate.cfg loads xhttp + websocket and answers the handshake."""
+    patch = (
+        REPO
+        / "patches"
+        / f"kamailio-5.6-{'default' if flavour == 'default' else 'kemi-python'}.patch"
+    )
+    stack = make_stack(websocket=True, flavour=flavour, patches=[patch])
+    sleep_call_wake_answer(stack, browser, pages, "dora")
 
 
 def test_web_push_410_ends_the_call_early_and_removes_the_binding(
