@@ -18,7 +18,7 @@ from py_vapid import Vapid02
 from pywebpush import webpush_async
 
 from pushd import webpush_keys
-from pushd.dispatch import RequestDefaults, build_request
+from pushd.dispatch import Dispatcher, RequestDefaults, build_request
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
 from pushd.webpush import WebpushProvider, WebpushSettings
 from testkit.certs import TestPki
@@ -180,9 +180,7 @@ def test_stand_in_decrypts_an_rfc8291_payload(
     sub = fake.subscribe(public)
 
     async def run() -> int:
-        connector = aiohttp.TCPConnector(
-            ssl=ssl.create_default_context(cafile=str(pki.ca_cert))
-        )
+        connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(pki.ca_cert)))
         async with aiohttp.ClientSession(connector=connector) as session:
             response = await webpush_async(
                 sub.to_json(),
@@ -257,3 +255,37 @@ def test_bad_vapid_key_is_refused_at_start(pki: TestPki, tmp_path: Path) -> None
         result = pushd(*argv)
         assert result.returncode == 2
         assert f"{config}: webpush.vapid_private_key_file: {key_file} is not" in result.stderr
+
+
+def test_dispatcher_retries_429_and_503_within_the_deadline(
+    pki: TestPki, fake: FakeWebPush, vapid_key: tuple[Path, str]
+) -> None:
+    """429 / 5xx answers are retried (after Retry-After) until the push service takes
+    the push, all before the push's deadline; one result goes back."""
+    key_file, public = vapid_key
+    sub = fake.subscribe(public)
+    fake.script(sub, [429, 503], retry_after="1")
+    results: list[dict[str, object]] = []
+
+    async def run() -> None:
+        provider = WebpushProvider(settings(pki, key_file))
+        dispatcher = Dispatcher({ProviderName.WEBPUSH: provider}, results.append)
+        dispatcher.submit(
+            {
+                "type": "push",
+                "id": "p-1",
+                "kind": "call",
+                "provider": "webpush",
+                "prid": sub.endpoint,
+                "deadline": time.time() + 10,
+            }
+        )
+        assert await dispatcher.drain(15.0)
+        await provider.close()
+
+    started = time.monotonic()
+    asyncio.run(run())
+    elapsed = time.monotonic() - started
+    assert [(r["verdict"], r["status"], r["attempts"]) for r in results] == [("delivered", 201, 3)]
+    assert [r.status for r in fake.pushes_for(sub)] == [429, 503, 201]
+    assert 2.0 <= elapsed < 10  # Retry-After: 1 honoured twice, inside the deadline
