@@ -74,6 +74,9 @@ class PushgateRoutes:
     def ksr_pushgate_message_failed(self, msg: object) -> int:
         return _run("message_failed", pushgate.message_failed)
 
+    def ksr_pushgate_peer_failed(self, msg: object) -> int:
+        return _run("peer_failed", pushgate.peer_failed)
+
     def ksr_pushgate_evapi(self, msg: object, evname: str) -> int:
         return _run("evapi", lambda: pushgate.evapi(evname))
 

@@ -24,6 +24,7 @@ import KSR
 from kemi import (
     callkit,
     capacity,
+    cluster,
     compat,
     edge,
     held_calls,
@@ -133,6 +134,9 @@ class Hooks:
         self._register: tuple[tuple[str, str], registration.RegisterCheck] | None = None
         # Edge mode: phones' flows are the edge's own, not usrloc's (kemi/edge.py).
         ksr_bindings.flow_override = edge.with_flow if settings.edge else None
+        # Several nodes (WITH_CLUSTER, kemi/cluster.py); None: a single Kamailio.
+        self.cluster = cluster.Cluster.from_cfg()
+        ksr_bindings.cluster_node = self.cluster.node if self.cluster is not None else None
         self._flow_key = flow_token.key(settings.flow_secret) if settings.flow_secret else b""
         # Per process: the flow edge_route took from the current request's token.
         self._token_flow: tuple[tuple[str, str], flow_token.Flow | None] = (("", ""), None)
@@ -262,6 +266,8 @@ class Hooks:
         self._resuming = ""
         decision = decide(bindings)
         self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        if decision.action is Action.RELAY and KSR.is_INVITE():
+            self._through_peers(uri, decision.relay)
         if resuming:
             # The woken device's INVITE on its way out (logged as invite_relayed).
             if decision.action is not Action.RELAY:
@@ -307,6 +313,15 @@ class Hooks:
             return False
         self.hold_with_plan(held, decision.push, plan)
         return True
+
+    def _through_peers(self, uri: str, relay: tuple[Binding, ...]) -> None:
+        """An INVITE relayed to flows other nodes own: if the owner says the flow is gone
+        (430) or is itself down, the failure route holds it here and pushes."""
+        if self.cluster is None or not any(b.remote for b in relay):
+            return
+        KSR.pv.sets(cluster.HELD_AOR_AVP, uri)
+        self.cluster.through_peers()
+        KSR.tm.t_on_failure(self.host.route_name(Route.PEER_FAILED))
 
     def hold_with_plan(
         self, held: held_calls.Held, asleep: tuple[Binding, ...], plan: flood.Plan
@@ -439,6 +454,65 @@ class Hooks:
             held_calls.forget(held, callid)
         log("push_failed_reply", callid=callid)
         reply_reason(480, "Temporarily Unavailable", "Push notification failed")
+
+    def peer_failed(self) -> None:
+        """Failure route of an INVITE relayed through the nodes owning its devices' flows:
+        the flows are gone (430) or their node is down. This node holds the call and
+        pushes (the other nodes never push for it); tm's reply goes out otherwise."""
+        if not cluster.Cluster.flow_failed():
+            return
+        uri = str(KSR.pv.get(cluster.HELD_AOR_AVP) or "")
+        aor, bindings = ksr_bindings.fetch(uri)
+        asleep = tuple(
+            dataclasses.replace(b, alive=False)
+            for b in bindings
+            if b.push is not None and (b.remote or not b.alive)
+        )
+        log(
+            "peer_flow_failed",
+            aor=aor,
+            callid=KSR.pv.get("$ci"),
+            status=KSR.pv.get("$T_reply_code"),
+            push=len(asleep),
+        )
+        if not asleep:
+            return
+        held = current_held(aor, uri)
+        self.hold_with_plan(held, asleep, self.flood_plan(held, asleep))
+
+    # ----- several nodes (kemi/cluster.py) -----
+    def cluster_message(self) -> None:
+        """A KDMQ request (the all-in-one routing calls it first, for every KDMQ)."""
+        if self.cluster is None or not self.cluster.from_node():
+            KSR.sl.sl_send_reply(403, "Not a cluster node")
+            return
+        if KSR.pv.get("$rU") != "usrloc":
+            KSR.dmq.handle_message()
+            return
+        for aor, ruid in self.cluster.usrloc_update():
+            # Registered on another node: the push for it has landed there.
+            if ruid:
+                pushing.landed([ruid])
+            for tx_key in held_calls.held_for_aor(aor):
+                if held_calls.claim(tx_key):
+                    index, label = (int(x) for x in tx_key.split(":"))
+                    log("resume", aor=aor, tx=tx_key, via="dmq")
+                    self.host.continue_tx(index, label, Route.RESUME)
+
+    def cluster_register(self) -> None:
+        """REGISTER, before ``save()``: this node's Path (no-op on a single node)."""
+        if self.cluster is not None:
+            self.cluster.add_path()
+
+    def cluster_relay(self, on_reply: str) -> bool:
+        """An initial request another node relays to a phone's flow here, first thing
+        after the transaction check. True: handled (relayed, or 430)."""
+        if self.cluster is None or not self.cluster.from_node():
+            return False
+        if KSR.rr.loose_route() < 0:
+            return False
+        self.cluster.relay_to_flow(on_reply)
+        return True
 
     def message_failed(self) -> None:
         """The live device did not take the MESSAGE: store it instead (one from msilo's
