@@ -59,6 +59,9 @@ REQUIRED_MODULES = (
 )
 
 
+LOOSE_ROUTE_PRELOADED = -3
+
+
 class PushgateSetupError(RuntimeError):
     """Kamailio's configuration lacks something Pushgate needs; says what to change."""
 
@@ -509,7 +512,9 @@ class Hooks:
         after the transaction check. True: handled (relayed, or 430)."""
         if self.cluster is None or not self.cluster.from_node():
             return False
-        if KSR.rr.loose_route() < 0:
+        # Our Path is its only Route: loose_route takes it off and path's callback sets
+        # $du to the flow (-3: "next hop from a preloaded route set").
+        if KSR.rr.loose_route() not in (1, LOOSE_ROUTE_PRELOADED) or not KSR.pv.get("$du"):
             return False
         self.cluster.relay_to_flow(on_reply)
         return True

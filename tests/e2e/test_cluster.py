@@ -1,0 +1,101 @@
+"""Two Kamailio nodes sharing registrations (WITH_CLUSTER, docs/cluster.md): real Kamailio
+processes on 127.0.0.2 (A) and 127.0.0.3 (B), dmq + dmq_usrloc, one PostgreSQL, one
+pushd per node, the fake APNs counting pushes; phones and callers on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from testkit.certs import TestPki
+from testkit.cluster import Cluster
+from testkit.postgres import PostgresCluster
+from testkit.procs import wait_until
+
+pytestmark = pytest.mark.e2e
+
+A, B = 0, 1
+
+
+@pytest.fixture
+def make_cluster(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def factory(**kw: object) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(made)}", pg, pki, **kw)
+        made.append(cluster)
+        return cluster.start()
+
+    yield factory
+    for cluster in made:
+        cluster.stop()
+
+
+def call_pushes(cluster: Cluster, token: str) -> int:
+    assert cluster.apns is not None
+    return sum(1 for p in cluster.apns.pushes if p.token == token and p.push_type == "voip")
+
+
+def registered_on(cluster: Cluster, i: int, user: str) -> bool:
+    return f"AoR: {user}@" in cluster.ul_dump(i)
+
+
+def test_live_on_a_called_through_b(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    live = cluster.register(phone, keep_open_ms=15000, answer=True, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+
+    caller = cluster.call("alice", expect_answer=True, node=b)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert live.wait(15) == 97, live.output()[-3000:]
+    assert call_pushes(cluster, phone.token) == 0
+    # B relayed it through A (the flow's owner), which sent it over the phone's flow.
+    invite = next(m for m in live.received() if m.startswith("INVITE "))
+    assert "Record-Route: <sip:127.0.0.2" in invite and "127.0.0.3" in invite
+
+
+def test_asleep_on_a_called_through_b_one_push_wakes_on_a(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+    woken = cluster.wake_on_push(phone, node=lambda: a)
+
+    caller = cluster.call("alice", expect_answer=True, node=b)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert woken and woken[0].wait(15) == 97, woken[0].output()[-3000:] if woken else ""
+    # A said the flow is gone (430); B held the call and pushed; A pushed nothing.
+    assert call_pushes(cluster, phone.token) == 1
+    assert cluster.node_events(A, "flow_failed")
+    assert cluster.node_events(B, "peer_flow_failed")
+    assert not [e for e in cluster.node_events(A) if e.get("event") == "push_sent"]
+    assert [e for e in cluster.node_events(B, "resume") if e.get("via") == "dmq"]
+
+
+def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+    woken = cluster.wake_on_push(phone, node=lambda: b)
+
+    caller = cluster.call("alice", expect_answer=True, node=a)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert woken and woken[0].wait(15) == 97, woken[0].output()[-3000:] if woken else ""
+    assert call_pushes(cluster, phone.token) == 1
+    # Cross-node wake: REGISTER in on B -> A resumes the held INVITE (dmq_usrloc) and
+    # relays it through B.
+    register_in = float(cluster.node_events(B, "register_in")[-1]["t"])
+    resumed = [e for e in cluster.node_events(A, "resume") if e.get("via") == "dmq"]
+    assert resumed
+    relayed = float(cluster.node_events(A, "invite_relayed")[-1]["t"])
+    print(f"cross-node wake: REGISTER in on B -> INVITE relayed on A {1000 * (relayed - register_in):.1f} ms")
+    assert relayed >= register_in
