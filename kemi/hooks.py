@@ -269,8 +269,12 @@ class Hooks:
         self._resuming = ""
         decision = decide(bindings)
         self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        tx_made = False
         if decision.action is Action.RELAY and KSR.is_INVITE():
-            self._through_peers(uri, decision.relay)
+            through = self._through_peers(uri, decision.relay, resuming)
+            if through is None:
+                return True
+            tx_made = through
         if resuming:
             # The woken device's INVITE on its way out (logged as invite_relayed).
             if decision.action is not Action.RELAY:
@@ -303,7 +307,7 @@ class Hooks:
             return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
         # retransmission of an INVITE already held is absorbed by tm: push nothing twice.
-        created = KSR.tm.t_newtran()
+        created = 1 if tx_made else KSR.tm.t_newtran()
         if created == 0:
             return True
         if created < 0:  # no transaction: tm is out of shared memory
@@ -317,14 +321,29 @@ class Hooks:
         self.hold_with_plan(held, decision.push, plan)
         return True
 
-    def _through_peers(self, uri: str, relay: tuple[Binding, ...]) -> None:
+    def _through_peers(self, uri: str, relay: tuple[Binding, ...], resuming: bool) -> bool | None:
         """An INVITE relayed to flows other nodes own: if the owner says the flow is gone
-        (430) or is itself down, the failure route holds it here and pushes."""
+        (430) or is itself down, the failure route holds it here and pushes.
+
+        Whether it created the transaction; None: answered or absorbed here (a
+        retransmission), the host stops."""
         if self.cluster is None or not any(b.remote for b in relay):
-            return
+            return False
+        created = False
+        if not resuming:
+            # The transaction before lookup(): its failure route (and a later resume)
+            # must see the request as it came, addressed to the AoR.
+            rc = KSR.tm.t_newtran()
+            if rc == 0:
+                return None
+            if rc < 0:
+                capacity.refuse(uri, "no_transaction")
+                return None
+            created = True
         KSR.pv.sets(cluster.HELD_AOR_AVP, uri)
         self.cluster.through_peers()
         KSR.tm.t_on_failure(self.host.route_name(Route.PEER_FAILED))
+        return created
 
     def hold_with_plan(
         self, held: held_calls.Held, asleep: tuple[Binding, ...], plan: flood.Plan

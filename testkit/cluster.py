@@ -96,8 +96,10 @@ class Cluster(Stack):
             )
         try:
             wait_until(
-                lambda: sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
-                > connected,
+                lambda: (
+                    sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
+                    > connected
+                ),
                 20,
                 f"pushd to connect to node {i}",
             )

@@ -20,7 +20,9 @@ A, B = 0, 1
 
 
 @pytest.fixture
-def make_cluster(pg: PostgresCluster, pki: TestPki, tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+def make_cluster(
+    pg: PostgresCluster, pki: TestPki, tmp_path: Path
+) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def factory(**kw: object) -> Cluster:
@@ -97,5 +99,7 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
     resumed = [e for e in cluster.node_events(A, "resume") if e.get("via") == "dmq"]
     assert resumed
     relayed = float(cluster.node_events(A, "invite_relayed")[-1]["t"])
-    print(f"cross-node wake: REGISTER in on B -> INVITE relayed on A {1000 * (relayed - register_in):.1f} ms")
+    print(
+        f"cross-node wake: REGISTER in on B -> INVITE relayed on A {1000 * (relayed - register_in):.1f} ms"
+    )
     assert relayed >= register_in
