@@ -4,6 +4,7 @@ pushd per node, the fake APNs counting pushes; phones and callers on 127.0.0.1."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_asleep_on_a_called_through_b_one_push_wakes_on_a(
     assert call_pushes(cluster, phone.token) == 1
     assert cluster.node_events(A, "flow_failed")
     assert cluster.node_events(B, "peer_flow_failed")
-    assert not [e for e in cluster.node_events(A) if e.get("event") == "push_sent"]
+    assert not cluster.node_events(A, "push_request")
+    assert len(cluster.node_events(B, "push_request")) == 1
     assert [e for e in cluster.node_events(B, "resume") if e.get("via") == "dmq"]
 
 
@@ -99,7 +101,67 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
     resumed = [e for e in cluster.node_events(A, "resume") if e.get("via") == "dmq"]
     assert resumed
     relayed = float(cluster.node_events(A, "invite_relayed")[-1]["t"])
-    print(
-        f"cross-node wake: REGISTER in on B -> INVITE relayed on A {1000 * (relayed - register_in):.1f} ms"
+    ms = 1000 * (relayed - register_in)
+    print(f"cross-node wake: REGISTER in on B -> INVITE relayed on A: {ms:.1f} ms")
+    assert 0 <= ms < 1000
+    assert not cluster.node_events(B, "push_request")
+
+
+def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    alice, carol = cluster.phone("alice"), cluster.phone("carol")
+    for phone in (alice, carol):
+        cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "carol"), 10, "bindings replicated to B")
+    # Two calls held on A (their phones do not wake).
+    held = [
+        cluster.call(user, expect_answer=False, node=a, label=f"held-{user}")
+        for user in ("alice", "carol")
+    ]
+    wait_until(lambda: len(cluster.node_events(A, "push_request")) == 2, 10, "two calls held on A")
+
+    cluster.kill_node(A)
+    killed = time.time()
+    # What their callers see: 100 Trying from A, then nothing from it; their own timer or
+    # an upstream proxy's (Timer C / fr_inv_timer) ends them. Nothing is left on B.
+    time.sleep(1)
+    for run in held:
+        assert run.proc.poll() is None
+        assert [m.split()[1] for m in run.received()] == ["100"]
+        run.stop()
+    # The bindings are intact on B (memory and the shared table).
+    assert registered_on(cluster, B, "alice") and registered_on(cluster, B, "carol")
+    assert len(cluster.bindings("alice")) == 1 and len(cluster.bindings("carol")) == 1
+
+    # A new call into B: A (the flow's owner) does not answer, B holds and pushes once, the
+    # phone re-registers on B and answers.
+    pushes_before = call_pushes(cluster, alice.token)
+    woken = cluster.wake_on_push(alice, node=lambda: b)
+    caller = cluster.call("alice", expect_answer=True, node=b, label="after-kill")
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert woken and woken[0].wait(15) == 97, woken[0].output()[-3000:] if woken else ""
+    assert call_pushes(cluster, alice.token) == pushes_before + 1
+    failed = cluster.node_events(B, "peer_flow_failed")
+    assert failed and failed[-1]["status"] == "408"
+    print(f"call into B with A dead: answered {time.time() - killed:.1f} s after the kill")
+
+    # A restarts: dmq gives it every binding back; it serves calls again (the phone now
+    # sleeps on B: A relays through B, B answers 430, A holds, pushes, the phone wakes).
+    connected = len(cluster.node_events(A, "pushd_connected"))
+    started = time.time()
+    cluster.restart_node(A)
+    wait_until(
+        lambda: registered_on(cluster, A, "alice") and registered_on(cluster, A, "carol"),
+        10,
+        "A synced",
     )
-    assert relayed >= register_in
+    print(f"A restarted and synced in {time.time() - started:.2f} s")
+    wait_until(
+        lambda: len(cluster.node_events(A, "pushd_connected")) > connected, 10, "A's pushd back"
+    )
+    woken_again = cluster.wake_on_push(alice, node=lambda: a)
+    caller = cluster.call("alice", expect_answer=True, node=a, label="after-restart")
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    assert woken_again and woken_again[0].wait(15) == 97
+    assert call_pushes(cluster, alice.token) == pushes_before + 2
