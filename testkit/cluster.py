@@ -39,6 +39,7 @@ class Cluster(Stack):
                     db_url=pg.url,
                     hold_timeout=first.hold_timeout,
                     secret=first.secret,
+                    version=first.version,
                 )
             )
             node.workdir.mkdir(parents=True, exist_ok=True)
