@@ -22,13 +22,31 @@ from testkit.procs import stop, tail, wait_until
 from testkit.stack import REPO, Stack
 
 
+def node_ips(size: int) -> list[str]:
+    return [f"127.0.0.{i + 2}" for i in range(size)]
+
+
+def make_node(node: Kamailio, ips: list[str], i: int, port: int) -> None:
+    """Make ``node`` the cluster's node ``i`` of ``ips``: its address, port and defines."""
+    node.listen_ip = ips[i]
+    node.sip_port = port
+    node.extra.update(
+        {
+            "WITH_CLUSTER": "",
+            "CLUSTER_SELF": f'"sip:{ips[i]}:{port}"',
+            "CLUSTER_NOTIFY": f'"sip:{ips[(i + 1) % len(ips)]}:{port}"',
+            "CLUSTER_NODES": '"' + ",".join(ips) + '"',
+        }
+    )
+
+
 class Cluster(Stack):
     def __init__(
         self, root: Path, pg: PostgresCluster, pki: TestPki, *, size: int = 2, **kw: object
     ) -> None:
         super().__init__(root, pg, pki, **kw)  # type: ignore[arg-type]
         first = self.kamailio
-        ips = [f"127.0.0.{i + 2}" for i in range(size)]
+        ips = node_ips(size)
         self.nodes: list[Kamailio] = []
         for i, ip in enumerate(ips):
             node = (
@@ -43,16 +61,7 @@ class Cluster(Stack):
                 )
             )
             node.workdir.mkdir(parents=True, exist_ok=True)
-            node.listen_ip = ip
-            node.sip_port = first.sip_port
-            node.extra.update(
-                {
-                    "WITH_CLUSTER": "",
-                    "CLUSTER_SELF": f'"sip:{ip}:{first.sip_port}"',
-                    "CLUSTER_NOTIFY": f'"sip:{ips[(i + 1) % size]}:{first.sip_port}"',
-                    "CLUSTER_NODES": '"' + ",".join(ips) + '"',
-                }
-            )
+            make_node(node, ips, i, first.sip_port)
             self.nodes.append(node)
         self.pushds: dict[int, subprocess.Popen[bytes]] = {}
 
