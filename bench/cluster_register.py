@@ -14,7 +14,9 @@ then ``--rounds`` times, alternately, SIPp sends ``--registers`` refreshes at ``
 per second over one TCP connection (bench/scenarios/register_inf.xml). CPU per REGISTER
 is every process's scheduler time over the run minus its idle rate, divided by the
 REGISTERs answered 200; PostgreSQL's CPU is counted the same way (in the cluster both
-nodes write every binding to the shared table). Bounded: every SIPp run has a time limit;
+nodes write every binding to the shared table). Shared memory per binding: each node's
+``core.shmmem`` real_used before and after its phones' first REGISTERs (the replica holds
+the same bindings, without a TCP connection). Bounded: every SIPp run has a time limit;
 everything started is stopped in ``finally``.
 """
 
@@ -124,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                 sides.append(
                     Side(name, target, measured, h.write_injection(root / f"{name}.csv", pop))
                 )
+            shm_per_binding: dict[str, float] = {}
             for s in sides:
+                used0 = {k.workdir.name: h.shm_stats(k)["real_used"] for k in s.measured}
                 for label, transport in (("warm", "tn"), ("warm2", "t1")):
                     r = register_pass(s, root, label, args.registers, args.rate, transport, pg_pids)
                     if r["ok"] != args.registers:
                         raise RuntimeError(f"{s.name} {label}: {r['ok']} of {args.registers} ok")
+                for k in s.measured:
+                    grown = h.shm_stats(k)["real_used"] - used0[k.workdir.name]
+                    shm_per_binding[k.workdir.name] = round(grown / args.registers)
                 idle(s)
+            print(f"shared memory per binding (bytes): {shm_per_binding}", flush=True)
             for rd in range(args.rounds):
                 for s in sides if rd % 2 == 0 else sides[::-1]:
                     r = register_pass(s, root, f"r{rd}", args.registers, args.rate, "t1", pg_pids)
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             summary: dict[str, object] = {
                 s.name: {k: round(statistics.median(v), 1) for k, v in s.us.items()} for s in sides
             }
+            summary["shm_bytes_per_binding"] = shm_per_binding
             summary["meta"] = {
                 **h.machine(),
                 "registers": args.registers,

@@ -14,16 +14,19 @@ phone's REGISTER owns its flow (socket, connection id). So:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import KSR
 
 from kemi.settings import define, log
 from pushgate import cluster
-from pushgate.cluster import Node
+from pushgate.cluster import Node, Replicated
 
 HELD_AOR_AVP = "$avp(pushgate_call_aor)"
 """The AoR a call relayed through other nodes is for (read back in its failure route)."""
+PUSHED_AVP = "$avp(pushgate_call_pushed)"
+"""Set on a call this node held and pushed for after a relay through other nodes failed."""
 PEER_FR_MS = 3000
 """A node answers a relayed INVITE with 100 Trying at once; no reply within this means
 the node is down: the call is then held here and the device pushed."""
@@ -57,12 +60,17 @@ class Cluster:
         KSR.textopsx.msg_apply_changes()
 
     # ----- KDMQ -----
-    def usrloc_update(self) -> list[tuple[str, str]]:
+    def usrloc_update(self, holds: Callable[[str], bool]) -> list[Replicated]:
         """A dmq_usrloc message from another node: applied to usrloc now (not queued to a
-        dmq worker, so a call resumed next finds the new binding), then the (AoR, ruid)
-        of every contact it (re-)registered just now."""
+        dmq worker, so a call resumed next finds the new binding). Returns the contacts
+        it (re-)registered just now over a new flow, for AoRs ``holds`` says have calls
+        held here; the others only if registered just now."""
+        fresh = cluster.updates(str(KSR.pv.get("$rb") or ""), time.time())
+        before = {u.aor: flows_of(u.aor) for u in fresh if holds(u.aor)}
         KSR.dmq.process_message_rc(1)
-        return cluster.woken(str(KSR.pv.get("$rb") or ""), time.time())
+        # A full sync replays contacts as updates: only a flow this node did not know is
+        # a device that woke.
+        return [u for u in fresh if u.aor not in before or before[u.aor].get(u.ruid) != u.flow]
 
     # ----- a request another node relays to a flow of ours -----
     def relay_to_flow(self, on_reply: str) -> None:
@@ -89,3 +97,20 @@ class Cluster:
         if KSR.tm.t_check_status(str(cluster.FLOW_FAILED)) > 0:
             return True
         return bool(KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0)
+
+
+def flows_of(aor: str) -> dict[str, str]:
+    """ruid -> Path (else received) of the AoR's bindings in this node's usrloc."""
+    if KSR.registrar.reg_fetch_contacts("location", aor, "pgc") < 0:
+        return {}
+    try:
+        count = int(KSR.pv.get("$(ulc(pgc=>count))") or 0)
+        out = {}
+        for i in range(count):
+            ruid = str(KSR.pv.get(f"$(ulc(pgc=>ruid)[{i}])") or "")
+            path = KSR.pv.get(f"$(ulc(pgc=>path)[{i}])")
+            received = KSR.pv.get(f"$(ulc(pgc=>received)[{i}])")
+            out[ruid] = str(path or received or "")
+        return out
+    finally:
+        KSR.registrar.reg_free_contacts("pgc")

@@ -500,6 +500,15 @@ class Hooks:
         if not asleep:
             return
         held = current_held(aor, uri)
+        # Held again after a resume that did not find the device (a dmq_usrloc update that
+        # was not its wake-up): it was pushed already; wait for that push, and let a later
+        # REGISTER resume the call rather than join it as a tsilo branch.
+        KSR.htable.sht_rm(pushing.RINGING, aor)
+        if KSR.pv.get(cluster.PUSHED_AVP) is not None:
+            log("rehold", aor=aor, callid=KSR.pv.get("$ci"))
+            self.push_and_hold(held, (), asleep)
+            return
+        KSR.pv.seti(cluster.PUSHED_AVP, 1)
         self.hold_with_plan(held, asleep, self.flood_plan(held, asleep))
 
     # ----- several nodes (kemi/cluster.py) -----
@@ -511,10 +520,11 @@ class Hooks:
         if KSR.pv.get("$rU") != "usrloc":
             KSR.dmq.handle_message()
             return
-        for aor, ruid in self.cluster.usrloc_update():
+        for update in self.cluster.usrloc_update(lambda aor: bool(held_calls.held_for_aor(aor))):
+            aor = update.aor
             # Registered on another node: the push for it has landed there.
-            if ruid:
-                pushing.landed([ruid])
+            if update.ruid:
+                pushing.landed([update.ruid])
             for tx_key in held_calls.held_for_aor(aor):
                 if held_calls.claim(tx_key):
                     index, label = (int(x) for x in tx_key.split(":"))

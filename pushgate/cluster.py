@@ -99,25 +99,44 @@ def nodes_of(setting: str) -> frozenset[str]:
     return frozenset(ip.strip() for ip in setting.split(",") if ip.strip())
 
 
-def woken(body: str, now: float) -> list[tuple[str, str]]:
-    """(AoR, ruid) of the contacts in a dmq_usrloc message that were just (re-)registered.
+@dataclass(frozen=True)
+class Replicated:
+    """One contact a dmq_usrloc message added or updated."""
+
+    aor: str
+    ruid: str
+    flow: str
+    """Its Path (with the owner node's ``received``), else its ``received``: a new
+    connection of the phone gives a new value."""
+
+
+def updates(body: str, now: float) -> list[Replicated]:
+    """The contacts a dmq_usrloc message (re-)registered just now.
 
     One contact per message (``batch_msg_contacts`` 1, the default) or several under
-    ``multi``. Deletions and contacts not modified within ``FRESH_SECONDS`` (a full sync)
-    are not wake-ups. A body that is not dmq_usrloc's JSON gives nothing.
+    ``multi``. Deletions, and contacts not modified within ``FRESH_SECONDS`` (a full sync
+    replaying old ones), are left out. A body that is not dmq_usrloc's JSON gives nothing.
+    A full sync can still replay a contact registered seconds ago: the caller compares
+    ``flow`` with the binding it had.
     """
     try:
         data = json.loads(body)
     except ValueError:
         return []
     items = data.get("multi", [data]) if isinstance(data, dict) else []
-    out: list[tuple[str, str]] = []
+    out: list[Replicated] = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or item.get("action") != DMQ_UPDATE:
             continue
         aor, ruid, modified = item.get("aor"), item.get("ruid"), item.get("last_modified")
         if not isinstance(aor, str) or not aor or not isinstance(modified, int | float):
             continue
-        if now - modified <= FRESH_SECONDS:
-            out.append((aor, ruid if isinstance(ruid, str) else ""))
+        if now - modified > FRESH_SECONDS:
+            continue
+        flow = item.get("path") or item.get("received") or ""
+        out.append(
+            Replicated(
+                aor, ruid if isinstance(ruid, str) else "", flow if isinstance(flow, str) else ""
+            )
+        )
     return out

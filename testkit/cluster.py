@@ -48,7 +48,7 @@ class Cluster(Stack):
         first = self.kamailio
         ips = node_ips(size)
         self.nodes: list[Kamailio] = []
-        for i, ip in enumerate(ips):
+        for i in range(size):
             node = (
                 first
                 if i == 0

@@ -560,7 +560,8 @@ class Stack:
                         answer=not many and not ring,
                         many=many,
                         ring=ring,
-                        label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}",
+                        label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}"
+                        f"-{time.monotonic_ns()}",
                         wake_token=push_data(record).get("wake_token") if fast else None,
                         node=node() if node is not None else None,
                     )

@@ -14,6 +14,7 @@ from testkit.certs import TestPki
 from testkit.cluster import Cluster
 from testkit.postgres import PostgresCluster
 from testkit.procs import wait_until
+from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +23,14 @@ A, B = 0, 1
 
 @pytest.fixture
 def make_cluster(
-    pg: PostgresCluster, pki: TestPki, tmp_path: Path
+    pg: PostgresCluster, pki: TestPki, tmp_path: Path, kamailio_version: str
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def factory(**kw: object) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(made)}", pg, pki, **kw)
+        cluster = Cluster(
+            tmp_path / f"cluster{len(made)}", pg, pki, kamailio=kamailio_version, **kw
+        )
         made.append(cluster)
         return cluster.start()
 
@@ -61,6 +64,7 @@ def test_live_on_a_called_through_b(make_cluster: Callable[..., Cluster]) -> Non
     assert "Record-Route: <sip:127.0.0.2" in invite and "127.0.0.3" in invite
 
 
+@on_kamailio("5.6", "6.0")
 def test_asleep_on_a_called_through_b_one_push_wakes_on_a(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -83,6 +87,7 @@ def test_asleep_on_a_called_through_b_one_push_wakes_on_a(
     assert [e for e in cluster.node_events(B, "resume") if e.get("via") == "dmq"]
 
 
+@on_kamailio("5.6", "6.0")
 def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     a, b = cluster.nodes

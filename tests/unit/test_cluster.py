@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pushgate import cluster
-from pushgate.cluster import ClusterError, Node
+from pushgate.cluster import ClusterError, Node, Replicated
 
 NOW = 1_800_000_000.0
 
@@ -61,25 +61,43 @@ def test_nodes_of() -> None:
 def contact(
     action: int = 1, modified: float = NOW - 1, aor: str = "alice@pushgate.test"
 ) -> dict[str, object]:
-    return {"action": action, "aor": aor, "ruid": "uloc-1", "last_modified": int(modified)}
+    return {
+        "action": action,
+        "aor": aor,
+        "ruid": "uloc-1",
+        "last_modified": int(modified),
+        "received": "sip:198.51.100.7:40123;transport=tcp",
+        "path": "<sip:127.0.0.2:5060;lr;received=sip:198.51.100.7:40123%3Btransport%3Dtcp>",
+    }
 
 
-def test_fresh_update_is_a_wake_up() -> None:
-    assert cluster.woken(json.dumps(contact()), NOW) == [("alice@pushgate.test", "uloc-1")]
+def test_fresh_update_is_a_wake_up_with_its_flow() -> None:
+    assert cluster.updates(json.dumps(contact()), NOW) == [
+        Replicated(
+            "alice@pushgate.test",
+            "uloc-1",
+            "<sip:127.0.0.2:5060;lr;received=sip:198.51.100.7:40123%3Btransport%3Dtcp>",
+        )
+    ]
+
+
+def test_without_path_the_flow_is_received() -> None:
+    item = {**contact(), "path": ""}
+    assert cluster.updates(json.dumps(item), NOW)[0].flow == "sip:198.51.100.7:40123;transport=tcp"
 
 
 def test_sync_replay_deletion_and_junk_are_not() -> None:
     old = json.dumps(contact(modified=NOW - 600))
     deleted = json.dumps(contact(action=2))
-    assert cluster.woken(old, NOW) == []
-    assert cluster.woken(deleted, NOW) == []
-    assert cluster.woken("not json", NOW) == []
-    assert cluster.woken("[1, 2]", NOW) == []
-    assert cluster.woken(json.dumps({"action": 1, "aor": 5, "last_modified": NOW}), NOW) == []
+    assert cluster.updates(old, NOW) == []
+    assert cluster.updates(deleted, NOW) == []
+    assert cluster.updates("not json", NOW) == []
+    assert cluster.updates("[1, 2]", NOW) == []
+    assert cluster.updates(json.dumps({"action": 1, "aor": 5, "last_modified": NOW}), NOW) == []
 
 
 def test_batched_contacts() -> None:
     body = json.dumps(
         {"multi": [contact(), contact(aor="bob@x", modified=NOW - 600), contact(aor="carol@x")]}
     )
-    assert [aor for aor, _ in cluster.woken(body, NOW)] == ["alice@pushgate.test", "carol@x"]
+    assert [u.aor for u in cluster.updates(body, NOW)] == ["alice@pushgate.test", "carol@x"]
