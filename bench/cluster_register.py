@@ -16,8 +16,8 @@ is every process's scheduler time over the run minus its idle rate, divided by t
 REGISTERs answered 200; PostgreSQL's CPU is counted the same way (in the cluster both
 nodes write every binding to the shared table). Shared memory per binding: each node's
 ``core.shmmem`` real_used before and after its phones' first REGISTERs (the replica holds
-the same bindings, without a TCP connection), once tm has no transaction left. Bounded: every SIPp run has a time limit;
-everything started is stopped in ``finally``.
+the same bindings, without a TCP connection), once tm has no transaction left. Bounded:
+every SIPp run has a time limit; everything started is stopped in ``finally``.
 """
 
 from __future__ import annotations
