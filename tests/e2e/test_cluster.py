@@ -170,3 +170,26 @@ def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., 
     assert caller.wait(30) == 0, caller.output()[-3000:]
     assert woken_again and woken_again[0].wait(15) == 97
     assert call_pushes(cluster, alice.token) == pushes_before + 2
+
+
+def test_two_calls_on_two_nodes_push_the_sleeping_phone_once(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A call into A and a call into B for the same sleeping phone while A's push is in
+    flight: B waits for that push (htable pushgate_inflight is replicated by dmq) and both
+    calls reach the phone when it wakes."""
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+    woken = cluster.wake_on_push(phone, node=lambda: a, many=True, delay=1.0)
+
+    first = cluster.call("alice", expect_answer=True, node=a, label="first")
+    wait_until(lambda: call_pushes(cluster, phone.token) == 1, 10, "the first call's push")
+    second = cluster.call("alice", expect_answer=True, node=b, label="second")
+    assert first.wait(30) == 0, first.output()[-3000:]
+    assert second.wait(30) == 0, second.output()[-3000:]
+    assert call_pushes(cluster, phone.token) == 1
+    assert cluster.node_events(B, "push_coalesced")
+    assert woken
