@@ -521,10 +521,9 @@ class Hooks:
             KSR.dmq.handle_message()
             return
         for update in self.cluster.usrloc_update(lambda aor: bool(held_calls.held_for_aor(aor))):
+            # (The push has landed: the node the device registered on removed it from
+            # pushgate_inflight, and htable's dmq copied that here.)
             aor = update.aor
-            # Registered on another node: the push for it has landed there.
-            if update.ruid:
-                pushing.landed([update.ruid])
             for tx_key in held_calls.held_for_aor(aor):
                 if held_calls.claim(tx_key):
                     index, label = (int(x) for x in tx_key.split(":"))
