@@ -115,10 +115,10 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
 def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     a, b = cluster.nodes
-    alice, carol = cluster.phone("alice"), cluster.phone("carol")
-    for phone in (alice, carol):
+    alice, carol, dave = cluster.phone("alice"), cluster.phone("carol"), cluster.phone("dave")
+    for phone in (alice, carol, dave):
         cluster.register_and_sleep(phone, node=a)
-    wait_until(lambda: registered_on(cluster, B, "carol"), 10, "bindings replicated to B")
+    wait_until(lambda: registered_on(cluster, B, "dave"), 10, "bindings replicated to B")
     # Two calls held on A (their phones do not wake).
     held = [
         cluster.call(user, expect_answer=False, node=a, label=f"held-{user}")
@@ -136,17 +136,18 @@ def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., 
         assert [m.split()[1] for m in run.received()] == ["100"]
         run.stop()
     # The bindings are intact on B (memory and the shared table).
-    assert registered_on(cluster, B, "alice") and registered_on(cluster, B, "carol")
-    assert len(cluster.bindings("alice")) == 1 and len(cluster.bindings("carol")) == 1
+    for user in ("alice", "carol", "dave"):
+        assert registered_on(cluster, B, user)
+        assert len(cluster.bindings(user)) == 1
 
-    # A new call into B: A (the flow's owner) does not answer, B holds and pushes once, the
-    # phone re-registers on B and answers.
-    pushes_before = call_pushes(cluster, alice.token)
-    woken = cluster.wake_on_push(alice, node=lambda: b)
-    caller = cluster.call("alice", expect_answer=True, node=b, label="after-kill")
+    # A new call into B for a phone whose flow was on A: A does not answer, B holds and
+    # pushes once, the phone re-registers on B and answers. (alice and carol were pushed
+    # by A: a call for them waits for that push's wake-up, up to the hold timeout.)
+    woken = cluster.wake_on_push(dave, node=lambda: b)
+    caller = cluster.call("dave", expect_answer=True, node=b, label="after-kill")
     assert caller.wait(30) == 0, caller.output()[-3000:]
     assert woken and woken[0].wait(15) == 97, woken[0].output()[-3000:] if woken else ""
-    assert call_pushes(cluster, alice.token) == pushes_before + 1
+    assert call_pushes(cluster, dave.token) == 1
     failed = cluster.node_events(B, "peer_flow_failed")
     assert failed and failed[-1]["status"] == "408"
     print(f"call into B with A dead: answered {time.time() - killed:.1f} s after the kill")
@@ -157,7 +158,7 @@ def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., 
     started = time.time()
     cluster.restart_node(A)
     wait_until(
-        lambda: registered_on(cluster, A, "alice") and registered_on(cluster, A, "carol"),
+        lambda: all(registered_on(cluster, A, u) for u in ("alice", "carol", "dave")),
         10,
         "A synced",
     )
@@ -165,11 +166,11 @@ def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., 
     wait_until(
         lambda: len(cluster.node_events(A, "pushd_connected")) > connected, 10, "A's pushd back"
     )
-    woken_again = cluster.wake_on_push(alice, node=lambda: a)
-    caller = cluster.call("alice", expect_answer=True, node=a, label="after-restart")
+    woken_again = cluster.wake_on_push(dave, node=lambda: a)
+    caller = cluster.call("dave", expect_answer=True, node=a, label="after-restart")
     assert caller.wait(30) == 0, caller.output()[-3000:]
     assert woken_again and woken_again[0].wait(15) == 97
-    assert call_pushes(cluster, alice.token) == pushes_before + 2
+    assert call_pushes(cluster, dave.token) == 2
 
 
 def test_two_calls_on_two_nodes_push_the_sleeping_phone_once(
