@@ -66,7 +66,7 @@ class Cluster:
         it (re-)registered just now over a new flow, for AoRs ``holds`` says have calls
         held here; the others only if registered just now."""
         fresh = cluster.updates(str(KSR.pv.get("$rb") or ""), time.time())
-        before = {u.aor: flows_of(u.aor) for u in fresh if holds(u.aor)}
+        before = {u.aor: flows_of(f"sip:{u.aor}") for u in fresh if holds(u.aor)}
         KSR.dmq.process_message_rc(1)
         # A full sync replays contacts as updates: only a flow this node did not know is
         # a device that woke.
@@ -100,7 +100,8 @@ class Cluster:
 
 
 def flows_of(aor: str) -> dict[str, str]:
-    """ruid -> Path (else received) of the AoR's bindings in this node's usrloc."""
+    """ruid -> Path (else received) of the bindings of ``aor`` (a SIP URI) in this node's
+    usrloc."""
     if KSR.registrar.reg_fetch_contacts("location", aor, "pgc") < 0:
         return {}
     try:

@@ -341,6 +341,9 @@ class Hooks:
                 return None
             created = True
         KSR.pv.sets(cluster.HELD_AOR_AVP, uri)
+        # A node that refuses the connection fails the relay at once: relay_failed()
+        # holds the call then, instead of tm's 500.
+        KSR.tm.t_set_disable_internal_reply(1)
         self.cluster.through_peers()
         KSR.tm.t_on_failure(self.host.route_name(Route.PEER_FAILED))
         return created
@@ -481,8 +484,18 @@ class Hooks:
         """Failure route of an INVITE relayed through the nodes owning its devices' flows:
         the flows are gone (430) or their node is down. This node holds the call and
         pushes (the other nodes never push for it); tm's reply goes out otherwise."""
-        if not cluster.Cluster.flow_failed():
-            return
+        if cluster.Cluster.flow_failed():
+            self._hold_after_peers(str(KSR.pv.get("$T_reply_code")))
+
+    def relay_failed(self) -> bool:
+        """After the host's ``t_relay`` failed at once. True: Pushgate took the call (a
+        relay through a node that refused the connection, i.e. is down: held and pushed
+        here); False: the host answers the error as usual."""
+        if self.cluster is None or KSR.pv.get(cluster.HELD_AOR_AVP) is None:
+            return False
+        return self._hold_after_peers("send_failed")
+
+    def _hold_after_peers(self, status: str) -> bool:
         uri = str(KSR.pv.get(cluster.HELD_AOR_AVP) or "")
         aor, bindings = ksr_bindings.fetch(uri)
         asleep = tuple(
@@ -490,15 +503,9 @@ class Hooks:
             for b in bindings
             if b.push is not None and (b.remote or not b.alive)
         )
-        log(
-            "peer_flow_failed",
-            aor=aor,
-            callid=KSR.pv.get("$ci"),
-            status=KSR.pv.get("$T_reply_code"),
-            push=len(asleep),
-        )
+        log("peer_flow_failed", aor=aor, callid=KSR.pv.get("$ci"), status=status, push=len(asleep))
         if not asleep:
-            return
+            return False
         held = current_held(aor, uri)
         # Held again after a resume that did not find the device (a dmq_usrloc update that
         # was not its wake-up): it was pushed already; wait for that push, and let a later
@@ -507,9 +514,12 @@ class Hooks:
         if KSR.pv.get(cluster.PUSHED_AVP) is not None:
             log("rehold", aor=aor, callid=KSR.pv.get("$ci"))
             self.push_and_hold(held, (), asleep)
-            return
-        KSR.pv.seti(cluster.PUSHED_AVP, 1)
-        self.hold_with_plan(held, asleep, self.flood_plan(held, asleep))
+            return True
+        plan = self.flood_plan(held, asleep)
+        if plan.push and plan.reject is None:
+            KSR.pv.seti(cluster.PUSHED_AVP, 1)
+        self.hold_with_plan(held, asleep, plan)
+        return True
 
     # ----- several nodes (kemi/cluster.py) -----
     def cluster_message(self) -> None:
@@ -521,9 +531,10 @@ class Hooks:
             KSR.dmq.handle_message()
             return
         for update in self.cluster.usrloc_update(lambda aor: bool(held_calls.held_for_aor(aor))):
-            # (The push has landed: the node the device registered on removed it from
-            # pushgate_inflight, and htable's dmq copied that here.)
             aor = update.aor
+            # Registered on another node: a push this node sent for it has landed.
+            if update.ruid:
+                pushing.landed([update.ruid])
             for tx_key in held_calls.held_for_aor(aor):
                 if held_calls.claim(tx_key):
                     index, label = (int(x) for x in tx_key.split(":"))

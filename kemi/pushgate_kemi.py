@@ -184,7 +184,7 @@ class Router(PushgateRoutes):
             return OK
         KSR.tm.t_on_branch("ksr_branch_route")
         KSR.tm.t_on_reply("ksr_onreply_route")
-        if KSR.tm.t_relay() < 0:
+        if KSR.tm.t_relay() < 0 and not pushgate.relay_failed():
             KSR.sl.sl_reply_error()
         return OK
 

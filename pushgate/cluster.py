@@ -44,7 +44,9 @@ class Node:
         (``ip:port``): the path module's own form, its ``received`` parameter is the flow
         (``loose_route`` on this node sends the request there)."""
         received = f"sip:{source};transport={transport.lower()}"
-        return f"<sip:{self.hostport};lr;received={escape_param(received)}>"
+        # Nodes relay calls to each other over TCP: one connection, read in order (over
+        # UDP two workers could pass a 200 on before its 180).
+        return f"<sip:{self.hostport};transport=tcp;lr;received={escape_param(received)}>"
 
     def owns(self, path: str) -> bool:
         """Whether a binding with this Path (usrloc's ``path``, "" if none) is this node's:

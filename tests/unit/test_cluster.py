@@ -15,13 +15,15 @@ NOW = 1_800_000_000.0
 def test_path_header_is_the_path_modules_form() -> None:
     node = Node.from_uri("sip:127.0.0.2:5070")
     assert node.path_header("198.51.100.7:40123", "TCP") == (
-        "<sip:127.0.0.2:5070;lr;received=sip:198.51.100.7:40123%3Btransport%3Dtcp>"
+        "<sip:127.0.0.2:5070;transport=tcp;lr;received=sip:198.51.100.7:40123%3Btransport%3Dtcp>"
     )
 
 
 def test_ipv6_source_keeps_its_brackets() -> None:
     header = Node.from_uri("sip:[2001:db8::1]:5060").path_header("[2001:db8::9]:5999", "tls")
-    assert header == "<sip:[2001:db8::1]:5060;lr;received=sip:[2001:db8::9]:5999%3Btransport%3Dtls>"
+    assert header == (
+        "<sip:[2001:db8::1]:5060;transport=tcp;lr;received=sip:[2001:db8::9]:5999%3Btransport%3Dtls>"
+    )
 
 
 @pytest.mark.parametrize(
