@@ -88,7 +88,7 @@ class PushgateRoutes:
         return _run("evapi", lambda: pushgate.evapi(evname))
 
     def ksr_pushgate_xhttp(self, msg: object, evname: str = "") -> int:
-        return _run("metrics", pushgate.metrics)
+        return _run("http", pushgate.http)
 
 
 def _run(name: str, step: Callable[[], object]) -> int:

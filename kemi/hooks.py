@@ -30,6 +30,7 @@ from kemi import (
     held_calls,
     ksr_bindings,
     messages,
+    metrics,
     pushd_channel,
     pushing,
 )
@@ -218,6 +219,7 @@ class Hooks:
             already_has_pns="sip.pns" in str(KSR.pv.get("$hdr(Feature-Caps)") or ""),
             served=self.settings.providers,
             min_expires=self.settings.pn_min_expires,
+            vapid_public_key=self.settings.vapid_public_key,
         )
 
     def registered(self) -> None:
@@ -614,6 +616,7 @@ class Hooks:
             already_has_pns=stash.has_pns,
             served=self.settings.providers,
             min_expires=self.settings.pn_min_expires,
+            vapid_public_key=self.settings.vapid_public_key,
         )
         if "sip.pns" not in str(KSR.pv.get("$hdr(Feature-Caps)") or ""):
             for header in check.extra_headers:
@@ -753,6 +756,23 @@ class Hooks:
         edge.record_route(edge.request_flow(), self._flow_key)
 
     # ----- HTTP on the SIP port (xhttp) -----
+    def http(self) -> None:
+        """An HTTP request (KEMI xhttp callback): WebSocket handshake, else metrics."""
+        upgrade = str(KSR.pv.get("$hdr(Upgrade)") or "").lower()
+        # SIP over WebSocket (RFC 7118) from here on: a browser softphone's flow.
+        if (
+            hasattr(KSR, "websocket")
+            and KSR.pv.get("$rm") == "GET"
+            and "websocket" in upgrade
+            and "upgrade" in str(KSR.pv.get("$hdr(Connection)") or "").lower()
+            and KSR.websocket.handle_handshake() > 0
+        ):
+            return
+        if metrics.ENABLED:
+            self.metrics()
+        else:
+            KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "")
+
     def metrics(self) -> None:
         """GET /metrics: Prometheus metrics (xhttp_prom) for PUSHGATE_METRICS_ALLOW sources."""
         if str(KSR.pv.get("$si")) not in self.settings.metrics_allow:

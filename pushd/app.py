@@ -71,6 +71,12 @@ def build_providers(
         from pushd.fcm import FcmProvider, FcmSettings
 
         providers[ProviderName.FCM] = FcmProvider(_settings(FcmSettings, config.fcm))
+    if config.webpush is not None and (only is None or ProviderName.WEBPUSH in only):
+        from pushd.webpush import WebpushProvider, WebpushSettings
+
+        providers[ProviderName.WEBPUSH] = WebpushProvider(
+            _settings(WebpushSettings, config.webpush)
+        )
     return providers
 
 

@@ -43,6 +43,11 @@ _HOST_PORT = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", r
 _URL = re.compile(
     r"https?://(\[[^\]/]+\]|[^:/?#\[\]]+)(:[0-9]{1,5})?([/?#][\x21-\x7e]*)?", re.ASCII
 )
+# What py_vapid accepts as sub: a mailto: address or an https: origin.
+_VAPID_SUBJECT = re.compile(
+    r"mailto:[^@\s]+@(localhost|[\w-]+(\.[\w-]+)+)|https://(localhost|[\w-]+\.[\w.-]+)",
+    re.ASCII,
+)
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _SA_FIELDS = ("type", "project_id", "private_key_id", "private_key", "client_email")
 
@@ -139,6 +144,19 @@ class FcmConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebpushConfig:
+    """Mirrors ``pushd.webpush.WebpushSettings`` plus the public key --check-config read."""
+
+    vapid_private_key_file: Path
+    subject: str
+    ca_file: Path | None = None
+    timeout: float = 10.0
+    max_connections: int = 64
+    public_key: str | None = None
+    """base64url VAPID public key; known only when files were checked."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ApiConfig:
     """The HTTP API (``pushd.http_api``); not started unless ``token`` is set."""
 
@@ -182,6 +200,7 @@ class Config:
     kamailio: KamailioConfig
     apns: ApnsConfig | None = None
     fcm: FcmConfig | None = None
+    webpush: WebpushConfig | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     api: ApiConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
@@ -195,6 +214,8 @@ class Config:
             out.append(ProviderName.APNS)
         if self.fcm is not None:
             out.append(ProviderName.FCM)
+        if self.webpush is not None:
+            out.append(ProviderName.WEBPUSH)
         return tuple(out)
 
     def summary(self) -> str:
@@ -208,6 +229,8 @@ class Config:
         if self.fcm is not None:
             project = self.fcm.project_id or "?"
             parts.append(f"fcm=(project={project} base_url={self.fcm.base_url})")
+        if self.webpush is not None:
+            parts.append(f"webpush=(vapid={self.webpush.public_key or '?'})")
         r = self.retry
         parts.append(f"retry={r.initial_delay:g}s..{r.max_delay:g}s x{r.multiplier:g}")
         parts.append(f"log={self.log.level}/{self.log.format}")
@@ -409,6 +432,8 @@ class _Parser:
         apns_s, fcm_s = top.section("apns"), top.section("fcm")
         apns = self.apns(apns_s) if apns_s else None
         fcm = self.fcm(fcm_s) if fcm_s else None
+        webpush_s = top.section("webpush")
+        webpush = self.webpush(webpush_s) if webpush_s else None
         retry_s = top.section("retry")
         retry = self.retry(retry_s) if retry_s else RetryPolicy()
         api_s = top.section("api")
@@ -420,8 +445,10 @@ class _Parser:
         refresh_s = top.section("refresh")
         refresh = self.refresh(refresh_s, path) if refresh_s else None
         top.finish()
-        if apns is None and fcm is None:
-            raise ConfigError(self.src, "apns", "at least one provider (apns or fcm) is required")
+        if apns is None and fcm is None and webpush is None:
+            raise ConfigError(
+                self.src, "apns", "at least one provider (apns, fcm or webpush) is required"
+            )
         if self.check_files and not kamailio.secret.file:
             self._warn_if_readable(path, "holds kamailio.secret")
         return Config(
@@ -429,6 +456,7 @@ class _Parser:
             kamailio=kamailio,
             apns=apns,
             fcm=fcm,
+            webpush=webpush,
             retry=retry,
             api=api,
             log=log_cfg,
@@ -545,6 +573,42 @@ class _Parser:
             timeout=timeout,
             max_workers=max_workers,
             project_id=project_id,
+        )
+
+    def webpush(self, s: _Section) -> WebpushConfig:
+        key_file = self.path(s, "vapid_private_key_file")
+        if key_file is None:
+            raise s.error(
+                "vapid_private_key_file",
+                "required (a P-256 PEM key; `pushd webpush-keys --config FILE` creates it)",
+            )
+        subject = s.req_str("subject", "required (mailto: or https: contact, RFC 8292 sub)")
+        if not _VAPID_SUBJECT.fullmatch(subject):
+            raise s.error("subject", f"must be a mailto: or https: URI (got {subject!r})")
+        ca_file = self.path(s, "ca_file")
+        timeout = s.number("timeout", 10.0, low=0.0, high=300.0, low_open=True)
+        max_connections = s.integer("max_connections", 64, low=1, high=4096)
+        s.finish()
+        public_key = None
+        if self.check_files:
+            from pushd import webpush_keys
+
+            data = self.require_file(s, "vapid_private_key_file", key_file)
+            try:
+                key = webpush_keys.load_private_key(data)
+            except webpush_keys.VapidKeyError as exc:
+                raise s.error("vapid_private_key_file", f"{key_file} {exc}") from None
+            public_key = webpush_keys.public_key_b64(key)
+            self._warn_if_readable(key_file, "holds the VAPID private key")
+            if ca_file is not None:
+                self.check_ca(s, "ca_file", ca_file)
+        return WebpushConfig(
+            vapid_private_key_file=key_file,
+            subject=subject,
+            ca_file=ca_file,
+            timeout=timeout,
+            max_connections=max_connections,
+            public_key=public_key,
         )
 
     def retry(self, s: _Section) -> RetryPolicy:

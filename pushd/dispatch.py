@@ -100,6 +100,15 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
             environment=env,
             environment_pinned=params.environment_pinned,
         )
+    if params.provider == ProviderName.WEBPUSH:
+        return PushRequest(
+            provider=ProviderName.WEBPUSH,
+            token=params.prid,  # the push subscription URI (RFC 8599 §12)
+            topic="",
+            kind=kind,
+            deadline=float(deadline),
+            data=data,
+        )
     return PushRequest(
         provider=ProviderName.FCM,
         token=params.prid,

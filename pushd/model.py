@@ -18,6 +18,7 @@ class ProviderName(enum.StrEnum):
 
     APNS = "apns"
     FCM = "fcm"
+    WEBPUSH = "webpush"
 
 
 class PushKind(enum.StrEnum):
@@ -53,7 +54,7 @@ class PushRequest:
 
     provider: ProviderName
     token: str
-    """Device token (APNs, hex) or registration token (FCM)."""
+    """Device token (APNs, hex), registration token (FCM) or subscription URI (webpush)."""
     topic: str
     """APNs ``apns-topic`` (``<bundle>`` or ``<bundle>.voip``); FCM: the Firebase project ID."""
     kind: PushKind

@@ -3,6 +3,10 @@
 Also understands the Linphone/Flexisip variants seen in the field:
 ``pn-provider=apns.dev`` (sandbox), ``pn-param=<Team>.<bundle>.remote&voip`` and
 ``pn-prid=<tok>:remote&<tok>:voip``.
+
+``pn-provider=webpush`` (RFC 8599 §12): pn-prid is the push subscription URI (RFC 8030),
+pn-param "MUST NOT be used", and no message-encryption keys are defined, so a webpush
+binding carries exactly a provider and a subscription URI.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 
-PROVIDERS = ("apns", "fcm")
+PROVIDERS = ("apns", "fcm", "webpush")
 # Used with fullmatch: ``match`` with ``$`` would also accept one trailing newline.
 _APNS_TOKEN = re.compile(r"^[0-9A-Fa-f]{16,200}$")
 _FCM_TOKEN = re.compile(r"^[A-Za-z0-9_:\-\.]{8,4096}$")
@@ -20,6 +24,11 @@ _FCM_ALPHABET = re.compile(r"[A-Za-z0-9_:\-\.]*")
 _BUNDLE = re.compile(r"^[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)+$")
 _TEAM = re.compile(r"^[A-Z0-9]{10}$")
 _FCM_PROJECT = re.compile(r"^[a-z][a-z0-9\-]{4,61}[a-z0-9]$")
+MAX_WEBPUSH_URI = 1024
+"""Longest subscription URI accepted (vendors' are ~150-500 characters)."""
+# RFC 3986 characters, no white space, quotes or angle brackets: the URI goes into
+# HTTP request lines and our logs as is.
+_URI_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 _SERVICE_SUFFIX = re.compile(r":(remote|voip)\Z")
 """A Linphone-style ``<token>:voip`` / ``<token>:remote`` item of pn-prid."""
 
@@ -133,6 +142,8 @@ def parse(params: dict[str, str]) -> PushParams | None:
     param = pn.get("pn-param", "")
     if provider == "apns":
         _check_apns(prid, param)
+    elif provider == "webpush":
+        _check_webpush(prid, param)
     else:
         _check_fcm(prid, param)
     extra = {k: v for k, v in pn.items() if k not in ("pn-provider", "pn-prid", "pn-param")}
@@ -172,7 +183,7 @@ def refreshable_by_push(push: PushParams) -> bool:
 
 
 def normalise_provider(raw: str) -> tuple[str, bool]:
-    """``apns`` / ``apns.dev`` / ``fcm`` -> (provider, sandbox). Raises PnError otherwise.
+    """``apns`` / ``apns.dev`` / ``fcm`` / ``webpush`` -> (provider, sandbox), else PnError.
 
     Exactly these names, in any case: ``apns%0D%0A`` (white space around it) is not
     ``apns``, since the value as sent goes on into pushd and our replies.
@@ -182,8 +193,8 @@ def normalise_provider(raw: str) -> tuple[str, bool]:
         return "apns", False
     if value in ("apns.dev", "apns.sandbox"):
         return "apns", True
-    if value == "fcm":
-        return "fcm", False
+    if value in ("fcm", "webpush"):
+        return value, False
     if not value.strip():
         raise PnError("pn-provider", "missing")
     raise PnError("pn-provider", f"unsupported provider {raw!r}")
@@ -223,3 +234,24 @@ def _check_fcm(prid: str, param: str) -> None:
         raise PnError("pn-param", "missing (FCM needs the Firebase project ID)")
     if not _FCM_PROJECT.fullmatch(param):
         raise PnError("pn-param", f"invalid Firebase project ID {param!r}")
+
+
+def _check_webpush(prid: str, param: str) -> None:
+    """RFC 8599 §12: pn-prid is the push subscription URI; pn-param is not used."""
+    if param:
+        raise PnError("pn-param", "must not be used with pn-provider=webpush (RFC 8599 §12)")
+    if len(prid) > MAX_WEBPUSH_URI:
+        raise PnError("pn-prid", f"push subscription URI longer than {MAX_WEBPUSH_URI}")
+    if not _URI_CHARS.fullmatch(prid):
+        raise PnError("pn-prid", "push subscription URI has characters a URI cannot have")
+    parts = urllib.parse.urlsplit(prid)
+    if parts.scheme != "https" or not parts.hostname:
+        raise PnError("pn-prid", "must be the https:// push subscription URI (RFC 8030)")
+    if parts.username is not None or parts.password is not None:
+        raise PnError("pn-prid", "push subscription URI must not carry user:password@")
+    try:
+        parts.port  # noqa: B018 -- raises on a port out of range
+    except ValueError:
+        raise PnError("pn-prid", "push subscription URI has a bad port") from None
+    if parts.fragment or not parts.path.startswith("/") or parts.path == "/":
+        raise PnError("pn-prid", "push subscription URI must have a path and no #fragment")

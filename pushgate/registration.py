@@ -50,12 +50,15 @@ def check_register(
     already_has_pns: bool,
     served: frozenset[str],
     min_expires: int,
+    vapid_public_key: str = "",
 ) -> RegisterCheck:
     """Validate push params, expiry and provider of every Contact of a REGISTER.
 
     ``served``: normalised providers we push for (``apns``, ``fcm``).
     ``already_has_pns``: a proxy before us added ``Feature-Caps: *;+sip.pns``: it handles
     pushes, we add nothing (RFC 8599 §5.6.1.1).
+    ``vapid_public_key``: our VAPID key (RFC 8292, base64url), advertised to webpush
+    bindings as ``+sip.vapid`` in the same Feature-Caps as ``+sip.pns`` (RFC 8599 §8.3).
     """
     providers: list[str] = []
     pnsreg = False
@@ -123,6 +126,8 @@ def check_register(
     # Normalised names only (apns, fcm): never a value as the phone sent it.
     for provider in dict.fromkeys(providers):
         caps = f'Feature-Caps: *;+sip.pns="{provider}"'
+        if provider == "webpush" and vapid_public_key:
+            caps += f';+sip.vapid="{vapid_public_key}"'
         if pnsreg:
             caps += f';+sip.pnsreg="{PNSREG_SECONDS}"'
         headers.append(caps)

@@ -8,10 +8,15 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-outbound-modules
-  kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules
+  kamailio-extra-modules kamailio-utils-modules kamailio-tls-modules kamailio-websocket-modules
   postgresql-15 postgresql-client-15 sip-tester socat python3-venv python3-pip linphone-cli
   patch
+  # The browser softphone test (tests/e2e/test_browser.py): Chromium driven by Selenium,
+  # JsSIP from npm, bundled by esbuild (testkit/browser/).
+  chromium chromium-driver
 )
+# Debian's npm, unless a Node.js with its own npm is installed already.
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -33,6 +38,15 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# JsSIP for the browser test page, exactly as package-lock.json pins it, bundled once.
+browser=testkit/browser
+bstamp=$browser/node_modules/.installed-$(sha1sum $browser/package-lock.json | cut -c1-12)
+if [ ! -f "$bstamp" ] || [ ! -f $browser/build/jssip.js ]; then
+  echo "bootstrap: npm ci in $browser"
+  (cd $browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s build)
+  touch "$bstamp"
 fi
 
 # Kamailio 6.0 (Debian 13) for the tests: built once (about a minute), then a stamp check.

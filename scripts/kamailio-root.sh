@@ -19,6 +19,7 @@ ROOT=.cache/$SUITE
 PACKAGES=(
   kamailio kamailio-python3-modules kamailio-postgres-modules kamailio-extra-modules
   kamailio-utils-modules kamailio-tls-modules kamailio-outbound-modules
+  kamailio-websocket-modules
   python3 python3-pytest
 )
 STAMP_FILE=.pushgate-root

@@ -103,6 +103,11 @@ class Kamailio:
     tls: tuple[Path, Path, Path] | None = None
     """(certificate, key, CA) to listen for SIP over TLS on ``sips_port`` (WITH_TLS)."""
     sips_port: int = field(default_factory=free_port)
+    websocket: bool = False
+    """SIP over WebSocket (WITH_WEBSOCKET): WS on ``ws_port``, and WSS on ``wss_port``
+    when ``tls`` is set too."""
+    ws_port: int = field(default_factory=free_port)
+    wss_port: int = field(default_factory=free_port)
     cfg: Path | None = None
     """Another cfg file to run (a stock config, see testkit/stock.py) instead of ours."""
     cfg_defines: dict[str, str] | None = None
@@ -169,6 +174,10 @@ class Kamailio:
                     "TLS_CA": f'"{ca}"',
                 }
             )
+        if self.websocket:
+            d.update({"WITH_WEBSOCKET": "", "WS_PORT": str(self.ws_port)})
+            if self.tls is not None:
+                d["WSS_PORT"] = str(self.wss_port)
         d.update(self.extra)
         return d
 

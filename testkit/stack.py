@@ -28,6 +28,7 @@ from testkit import sipp, stock
 from testkit.certs import TestPki
 from testkit.fake_apns import FakeApnsThread, PushRecord
 from testkit.fake_fcm import FakeFcm, FcmRecord
+from testkit.fake_webpush import FakeWebPush
 from testkit.kamailio import Kamailio
 from testkit.postgres import PostgresCluster
 from testkit.procs import free_port, stop, tail, wait_until
@@ -135,6 +136,7 @@ class Stack:
         patches: Sequence[Path] = (),
         kamailio: str = "5.6",
         stock_from: str | None = None,
+        websocket: bool = False,
     ) -> None:
         """``flavour``: "allinone" (our kamailio.cfg), a stock config ("default", "kemi")
         with ``patches`` applied to it (``defines`` are then extra ``-A`` defines), or
@@ -164,6 +166,7 @@ class Stack:
             extra=dict(defines or {}),
             tls=(pki.server_cert, pki.server_key, pki.ca_cert) if tls else None,
             version=kamailio,
+            websocket=websocket,
         )
         self.kamailio.workdir.mkdir(parents=True, exist_ok=True)
         self.stock: stock.StockConfig | None = None
@@ -172,6 +175,21 @@ class Stack:
             self._use_edge()
         elif flavour != "allinone":
             self._use_stock(flavour, patches, stock_from or kamailio)
+        self.webpush: FakeWebPush | None = None
+        self.vapid_key_file = root / "vapid.pem"
+        self.vapid_public_key = ""
+        if websocket:
+            # SIP over WS/WSS, Web Push served, our VAPID key advertised (+sip.vapid).
+            from pushd import webpush_keys
+
+            key = webpush_keys.generate(self.vapid_key_file)
+            self.vapid_public_key = webpush_keys.public_key_b64(key)
+            self.kamailio.extra = {
+                "WITH_WEBSOCKET": "",
+                "PUSHGATE_PROVIDERS": '"apns,fcm,webpush"',
+                "PUSHGATE_VAPID_PUBLIC_KEY": f'"{self.vapid_public_key}"',
+                **self.kamailio.extra,
+            }
         self.apns: FakeApnsThread | None = None
         self.fcm: FakeFcm | None = None
         self._fcm_seen = 0
@@ -186,7 +204,13 @@ class Stack:
 
     def _use_stock(self, flavour: str, patches: Sequence[Path], files_of: str) -> None:
         k = self.kamailio
-        site = stock.Site(db_url=k.db_url, sip_port=k.sip_port, domain=k.domain, rundir=k.rundir)
+        site = stock.Site(
+            db_url=k.db_url,
+            sip_port=k.sip_port,
+            domain=k.domain,
+            rundir=k.rundir,
+            ws_port=k.ws_port,
+        )
         self.stock = stock.prepare(
             "kemi" if flavour == "kemi" else "default",
             k.workdir / "etc",
@@ -281,6 +305,8 @@ class Stack:
         (self.root / "fcm").mkdir(parents=True, exist_ok=True)
         self.fcm_account = self.fcm.make_service_account(self.root / "fcm", project_id=FCM_PROJECT)
         threading.Thread(target=self._watch_fcm, name="fcm-watch", daemon=True).start()
+        if self.vapid_public_key:
+            self.webpush = FakeWebPush(self.pki.server_cert, self.pki.server_key).start()
         self.kamailio.start()
         if pushd:
             self.start_pushd()
@@ -300,6 +326,9 @@ class Stack:
         if self.fcm is not None:
             self.fcm.stop()
             self.fcm = None
+        if self.webpush is not None:
+            self.webpush.stop()
+            self.webpush = None
 
     def __enter__(self) -> Stack:
         return self
@@ -334,6 +363,12 @@ class Stack:
             "retry": {"initial_delay": 0.1, "max_delay": 1},
             "log": {"level": "info"},
         }
+        if self.webpush is not None:
+            cfg["webpush"] = {
+                "vapid_private_key_file": str(self.vapid_key_file),
+                "subject": "mailto:ops@pushgate.test",
+                "ca_file": str(self.pki.ca_cert),
+            }
         if self.refresh_interval is not None:
             cfg["refresh"] = {"database": self.pg.dsn, "interval": self.refresh_interval}
         path = self.root / f"{name}.yaml"

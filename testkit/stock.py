@@ -89,6 +89,8 @@ class Site:
     sip_port: int
     domain: str
     rundir: Path
+    ws_port: int = 0
+    """The WebSocket listener's port, used when the cfg runs with WITH_WEBSOCKET."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def prepare(
             sip_port=site.sip_port,
             domain=site.domain,
             rundir=site.rundir,
+            ws_port=site.ws_port,
             python_script=workdir / KEMI_PY,
         )
     )

@@ -62,6 +62,7 @@ def make_stack(
         flavour: str = "allinone",
         patches: Sequence[Path] = (),
         stock_from: str | None = None,
+        websocket: bool = False,
     ) -> Stack:
         stack = Stack(
             tmp_path / f"stack{len(stacks)}",
@@ -75,6 +76,7 @@ def make_stack(
             patches=patches,
             kamailio=kamailio_version,
             stock_from=stock_from,
+            websocket=websocket,
         )
         stacks.append(stack)
         stack.start(pushd=pushd)

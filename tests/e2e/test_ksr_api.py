@@ -24,8 +24,9 @@ pytestmark = pytest.mark.e2e
 def test_stored_kemi_exports_are_the_running_kamailios(
     pg: PostgresCluster, pki: TestPki, tmp_path: Path, kamailio_version: str
 ) -> None:
-    # kamailio.cfg with every module it may load: a cluster node's (WITH_CLUSTER).
-    stack = Cluster(tmp_path / "cluster", pg, pki, kamailio=kamailio_version)
+    # kamailio.cfg with every module it may load: a cluster node's (WITH_CLUSTER) with
+    # WebSocket (WITH_WEBSOCKET).
+    stack = Cluster(tmp_path / "cluster", pg, pki, kamailio=kamailio_version, websocket=True)
     try:
         stack.start(pushd=False)
         running = parse_api_list(stack.kamailio.kamcmd("app_python.api_list"))
