@@ -17,6 +17,13 @@ Two things to add to your script (docs/integrate.md shows the patch to Kamailio'
        pushgate.branch()      branch route                     False: drop the branch
        pushgate.reply()       reply route (ksr_reply_route)
 
+   With several nodes (WITH_CLUSTER, docs/cluster.md; our all-in-one script does this)::
+
+       pushgate.cluster_message()   a KDMQ request, first thing
+       pushgate.cluster_relay(r)    after the transaction check     True: handled, stop
+       pushgate.cluster_register()  REGISTER, just before save()
+       pushgate.relay_failed()      after a t_relay that failed     True: handled
+
    In edge mode (docs/edge.md; the registrar is another server), instead of
    register/registered/location::
 
@@ -73,6 +80,9 @@ class PushgateRoutes:
 
     def ksr_pushgate_message_failed(self, msg: object) -> int:
         return _run("message_failed", pushgate.message_failed)
+
+    def ksr_pushgate_peer_failed(self, msg: object) -> int:
+        return _run("peer_failed", pushgate.peer_failed)
 
     def ksr_pushgate_evapi(self, msg: object, evname: str) -> int:
         return _run("evapi", lambda: pushgate.evapi(evname))

@@ -24,6 +24,7 @@ import KSR
 from kemi import (
     callkit,
     capacity,
+    cluster,
     compat,
     edge,
     held_calls,
@@ -57,6 +58,9 @@ REQUIRED_MODULES = (
     "corex",
     "jsonrpcs",
 )
+
+
+LOOSE_ROUTE_PRELOADED = -3
 
 
 class PushgateSetupError(RuntimeError):
@@ -134,6 +138,9 @@ class Hooks:
         self._register: tuple[tuple[str, str], registration.RegisterCheck] | None = None
         # Edge mode: phones' flows are the edge's own, not usrloc's (kemi/edge.py).
         ksr_bindings.flow_override = edge.with_flow if settings.edge else None
+        # Several nodes (WITH_CLUSTER, kemi/cluster.py); None: a single Kamailio.
+        self.cluster = cluster.Cluster.from_cfg()
+        ksr_bindings.cluster_node = self.cluster.node if self.cluster is not None else None
         self._flow_key = flow_token.key(settings.flow_secret) if settings.flow_secret else b""
         # Per process: the flow edge_route took from the current request's token.
         self._token_flow: tuple[tuple[str, str], flow_token.Flow | None] = (("", ""), None)
@@ -264,6 +271,12 @@ class Hooks:
         self._resuming = ""
         decision = decide(bindings)
         self._relaying = _Relaying(current_request(), dead_push_targets(bindings))
+        tx_made = False
+        if decision.action is Action.RELAY and KSR.is_INVITE():
+            through = self._through_peers(uri, decision.relay, resuming)
+            if through is None:
+                return True
+            tx_made = through
         if resuming:
             # The woken device's INVITE on its way out (logged as invite_relayed).
             if decision.action is not Action.RELAY:
@@ -296,7 +309,7 @@ class Hooks:
             return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A
         # retransmission of an INVITE already held is absorbed by tm: push nothing twice.
-        created = KSR.tm.t_newtran()
+        created = 1 if tx_made else KSR.tm.t_newtran()
         if created == 0:
             return True
         if created < 0:  # no transaction: tm is out of shared memory
@@ -309,6 +322,33 @@ class Hooks:
             return False
         self.hold_with_plan(held, decision.push, plan)
         return True
+
+    def _through_peers(self, uri: str, relay: tuple[Binding, ...], resuming: bool) -> bool | None:
+        """An INVITE relayed to flows other nodes own: if the owner says the flow is gone
+        (430) or is itself down, the failure route holds it here and pushes.
+
+        Whether it created the transaction; None: answered or absorbed here (a
+        retransmission), the host stops."""
+        if self.cluster is None or not any(b.remote for b in relay):
+            return False
+        created = False
+        if not resuming:
+            # The transaction before lookup(): its failure route (and a later resume)
+            # must see the request as it came, addressed to the AoR.
+            rc = KSR.tm.t_newtran()
+            if rc == 0:
+                return None
+            if rc < 0:
+                capacity.refuse(uri, "no_transaction")
+                return None
+            created = True
+        KSR.pv.sets(cluster.HELD_AOR_AVP, uri)
+        # A node that refuses the connection fails the relay at once: relay_failed()
+        # holds the call then, instead of tm's 500.
+        KSR.tm.t_set_disable_internal_reply(1)
+        self.cluster.through_peers()
+        KSR.tm.t_on_failure(self.host.route_name(Route.PEER_FAILED))
+        return created
 
     def hold_with_plan(
         self, held: held_calls.Held, asleep: tuple[Binding, ...], plan: flood.Plan
@@ -441,6 +481,84 @@ class Hooks:
             held_calls.forget(held, callid)
         log("push_failed_reply", callid=callid)
         reply_reason(480, "Temporarily Unavailable", "Push notification failed")
+
+    def peer_failed(self) -> None:
+        """Failure route of an INVITE relayed through the nodes owning its devices' flows:
+        the flows are gone (430) or their node is down. This node holds the call and
+        pushes (the other nodes never push for it); tm's reply goes out otherwise."""
+        if cluster.Cluster.flow_failed():
+            self._hold_after_peers(str(KSR.pv.get("$T_reply_code")))
+
+    def relay_failed(self) -> bool:
+        """After the host's ``t_relay`` failed at once. True: Pushgate took the call (a
+        relay through a node that refused the connection, i.e. is down: held and pushed
+        here); False: the host answers the error as usual."""
+        if self.cluster is None or KSR.pv.get(cluster.HELD_AOR_AVP) is None:
+            return False
+        return self._hold_after_peers("send_failed")
+
+    def _hold_after_peers(self, status: str) -> bool:
+        uri = str(KSR.pv.get(cluster.HELD_AOR_AVP) or "")
+        aor, bindings = ksr_bindings.fetch(uri)
+        asleep = tuple(
+            dataclasses.replace(b, alive=False)
+            for b in bindings
+            if b.push is not None and (b.remote or not b.alive)
+        )
+        log("peer_flow_failed", aor=aor, callid=KSR.pv.get("$ci"), status=status, push=len(asleep))
+        if not asleep:
+            return False
+        held = current_held(aor, uri)
+        # Held again after a resume that did not find the device (a dmq_usrloc update that
+        # was not its wake-up): it was pushed already; wait for that push, and let a later
+        # REGISTER resume the call rather than join it as a tsilo branch.
+        KSR.htable.sht_rm(pushing.RINGING, aor)
+        if KSR.pv.get(cluster.PUSHED_AVP) is not None:
+            log("rehold", aor=aor, callid=KSR.pv.get("$ci"))
+            self.push_and_hold(held, (), asleep)
+            return True
+        plan = self.flood_plan(held, asleep)
+        if plan.push and plan.reject is None:
+            KSR.pv.seti(cluster.PUSHED_AVP, 1)
+        self.hold_with_plan(held, asleep, plan)
+        return True
+
+    # ----- several nodes (kemi/cluster.py) -----
+    def cluster_message(self) -> None:
+        """A KDMQ request (the all-in-one routing calls it first, for every KDMQ)."""
+        if self.cluster is None or not self.cluster.from_node():
+            KSR.sl.sl_send_reply(403, "Not a cluster node")
+            return
+        if KSR.pv.get("$rU") != "usrloc":
+            KSR.dmq.handle_message()
+            return
+        for update in self.cluster.usrloc_update(lambda aor: bool(held_calls.held_for_aor(aor))):
+            aor = update.aor
+            # Registered on another node: a push this node sent for it has landed.
+            if update.ruid:
+                pushing.landed([update.ruid])
+            for tx_key in held_calls.held_for_aor(aor):
+                if held_calls.claim(tx_key):
+                    index, label = (int(x) for x in tx_key.split(":"))
+                    log("resume", aor=aor, tx=tx_key, via="dmq")
+                    self.host.continue_tx(index, label, Route.RESUME)
+
+    def cluster_register(self) -> None:
+        """REGISTER, before ``save()``: this node's Path (no-op on a single node)."""
+        if self.cluster is not None:
+            self.cluster.add_path()
+
+    def cluster_relay(self, on_reply: str) -> bool:
+        """An initial request another node relays to a phone's flow here, first thing
+        after the transaction check. True: handled (relayed, or 430)."""
+        if self.cluster is None or not self.cluster.from_node():
+            return False
+        # Our Path is its only Route: loose_route takes it off and path's callback sets
+        # $du to the flow (-3: "next hop from a preloaded route set").
+        if KSR.rr.loose_route() not in (1, LOOSE_ROUTE_PRELOADED) or not KSR.pv.get("$du"):
+            return False
+        self.cluster.relay_to_flow(on_reply)
+        return True
 
     def message_failed(self) -> None:
         """The live device did not take the MESSAGE: store it instead (one from msilo's

@@ -27,6 +27,7 @@ class Route(enum.Enum):
     CANCELLED = "cancelled"  # t_continue: caller cancelled while held, 487
     PUSH_FAILED = "push_failed"  # t_continue: every push failed, 480
     MESSAGE_FAILED = "message_failed"  # failure route of a MESSAGE relayed to a live device
+    PEER_FAILED = "peer_failed"  # failure route of an INVITE relayed through another node
 
 
 class Host(Protocol):

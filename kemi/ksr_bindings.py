@@ -8,6 +8,7 @@ from collections.abc import Callable
 import KSR
 
 from pushgate import pn_params
+from pushgate.cluster import Node
 from pushgate.decision import Binding, expired, flow_alive, transport_of
 
 # Name of the contact container filled by reg_fetch_contacts.
@@ -16,6 +17,10 @@ _C = "pg"
 flow_override: Callable[[str, Binding], Binding] | None = None
 """Edge mode (kemi/edge.py ``with_flow``): the phone's flow is not usrloc's, whose
 ``save()`` ran on the upstream's reply. Set once per process by ``Hooks``."""
+
+cluster_node: Node | None = None
+"""Several nodes (kemi/cluster.py): a binding whose Path starts at another node is that
+node's. Set once per process by ``Hooks``."""
 
 
 def _ulc(field: str, i: int) -> str:
@@ -49,15 +54,17 @@ def fetch(aor: str, push: bool = True) -> tuple[str, list[Binding]]:
                 params = pn_params.parse_uri(uri) if push else None
             except pn_params.PnError:
                 params = None  # validated at REGISTER; a stored bad one is simply not pushable
+            remote = cluster_node is not None and not cluster_node.owns(_ulc("path", i))
             binding = Binding(
                 ruid=_ulc("ruid", i),
                 uri=uri,
                 instance=_ulc("instance", i),
                 transport=transport,
-                alive=flow_alive(transport, conid, is_open),
+                alive=remote or flow_alive(transport, conid, is_open),
                 push=params,
                 target=received or uri,
-                conid=max(conid, 0),
+                conid=0 if remote else max(conid, 0),
+                remote=remote,
             )
             out.append(binding if flow_override is None else flow_override(key, binding))
         return key, out

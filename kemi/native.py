@@ -95,6 +95,9 @@ class NativeEntry:
     def push_failed(self, msg: object) -> int:
         return _run("push_failed", self.hooks.push_failed, TRUE)
 
+    def peer_failed(self, msg: object) -> int:
+        return _run("peer_failed", self.hooks.peer_failed, TRUE)
+
     def message_failed(self, msg: object) -> int:
         return _run("message_failed", self.hooks.message_failed, TRUE)
 

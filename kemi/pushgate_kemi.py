@@ -52,6 +52,9 @@ class Router(PushgateRoutes):
     def route_request(self) -> int:
         if not self.route_reqinit():
             return OK
+        if KSR.is_KDMQ():
+            pushgate.cluster_message()  # another node's (WITH_CLUSTER); else 403
+            return OK
         if KSR.is_CANCEL():
             if not pushgate.cancel() and KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
@@ -64,6 +67,8 @@ class Router(PushgateRoutes):
             return OK
         if KSR.tm.t_check_trans() == 0:
             return OK  # a retransmission, absorbed by tm
+        if pushgate.cluster_relay("ksr_onreply_route"):
+            return OK  # another node's call to a phone whose flow is ours
         if KSR.is_REGISTER():
             self.route_register()
             return OK
@@ -124,6 +129,7 @@ class Router(PushgateRoutes):
             return
         # Requests to this phone go back over the flow it registered from (NAT, TCP).
         KSR.nathelper.fix_nated_register()
+        pushgate.cluster_register()
         if KSR.registrar.save("location", 0) < 0:
             KSR.sl.sl_reply_error()
             return
@@ -178,7 +184,7 @@ class Router(PushgateRoutes):
             return OK
         KSR.tm.t_on_branch("ksr_branch_route")
         KSR.tm.t_on_reply("ksr_onreply_route")
-        if KSR.tm.t_relay() < 0:
+        if KSR.tm.t_relay() < 0 and not pushgate.relay_failed():
             KSR.sl.sl_reply_error()
         return OK
 

@@ -35,6 +35,9 @@ class Binding:
     """Where a request for this binding goes: its ``received`` flow address, else its URI."""
     conid: int = 0
     """Kamailio's id of the binding's TCP/TLS/WS connection (0: none known)."""
+    remote: bool = False
+    """Its flow is another cluster node's (docs/cluster.md): reached through that node,
+    which alone knows whether the flow is open; counted as alive here."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,6 +93,8 @@ class Kamailio:
     workdir: Path
     db_url: str
     sip_port: int = field(default_factory=free_port)
+    listen_ip: str = "127.0.0.1"
+    """Address SIP listens on (a cluster's nodes: 127.0.0.2, 127.0.0.3, ...)."""
     evapi_port: int = field(default_factory=free_port)
     domain: str = "pushgate.test"
     secret: str = "test-secret"
@@ -148,13 +150,13 @@ class Kamailio:
         d = {
             "DBURL": f'"{self.db_url}"',
             "SIP_DOMAIN": f'"{self.domain}"',
-            "LISTEN_IP": "127.0.0.1",
+            "LISTEN_IP": self.listen_ip,
             "SIP_PORT": str(self.sip_port),
             "KEMI_SCRIPT": f'"{self.repo / "kemi" / "pushgate_kemi.py"}"',
             "PUSHGATE_EVAPI_BIND": f'"127.0.0.1:{self.evapi_port}"',
             "PUSHGATE_SECRET": f'"{self.secret}"',
             "PUSHGATE_HOLD_TIMEOUT": str(self.hold_timeout),
-            "PUSHGATE_MSILO_PROXY": f'"sip:127.0.0.1:{self.sip_port}"',
+            "PUSHGATE_MSILO_PROXY": f'"sip:{self.listen_ip}:{self.sip_port}"',
             "RUNDIR": f'"{self.rundir}"',
             "CTL_SOCKET": f'"{self.ctl}"',
             "SIP_WORKERS": "2",
@@ -236,7 +238,7 @@ class Kamailio:
         if self._proc is not None and self._proc.poll() is not None:
             raise RuntimeError(f"kamailio exited with {self._proc.returncode}:\n{tail(self.log)}")
         return (
-            port_open(self.sip_port)
+            port_open(self.sip_port, self.listen_ip)
             and (not self.evapi or port_open(self.evapi_port))
             and (self.rundir / "kamailio_ctl").exists()
         )

@@ -87,6 +87,7 @@ def start(
     *,
     target_port: int,
     logdir: Path,
+    target_host: str = "127.0.0.1",
     transport: str = "u1",
     keys: dict[str, str] | None = None,
     ooc: str | None = None,
@@ -102,7 +103,7 @@ def start(
     label = label or name
     argv = [
         SIPP,
-        f"127.0.0.1:{target_port}",
+        f"{target_host}:{target_port}",
         "-sf",
         str(scenario(name)),
         "-t",

@@ -337,11 +337,12 @@ class Stack:
         self.stop()
 
     # ----- pushd -----
-    def pushd_config(self) -> Path:
+    def pushd_config(self, kamailio: Kamailio | None = None, name: str = "pushd") -> Path:
+        """pushd's config for ``kamailio`` (default: ``self.kamailio``), as ``<name>.yaml``."""
         assert self.apns is not None
         cfg: dict[str, Any] = {
             "kamailio": {
-                "evapi": f"127.0.0.1:{self.kamailio.evapi_port}",
+                "evapi": f"127.0.0.1:{(kamailio or self.kamailio).evapi_port}",
                 "secret": self.kamailio.secret,
                 "reconnect_max_delay": 0.5,
             },
@@ -370,7 +371,7 @@ class Stack:
             }
         if self.refresh_interval is not None:
             cfg["refresh"] = {"database": self.pg.dsn, "interval": self.refresh_interval}
-        path = self.root / "pushd.yaml"
+        path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path
 
@@ -468,13 +469,16 @@ class Stack:
         password: str | None = None,
         wake_token: str | None = None,
         answer_late: bool = False,
+        node: Kamailio | None = None,
     ) -> sipp.SippRun:
         """REGISTER the phone; ``keep_open_ms`` = 0 means it goes to sleep right after.
 
         ``answer``: answer one call then stop SIPp (exit 97); ``answer_late``: the same,
         500 ms after ringing; ``many``: answer every call; ``ring``: ring until
-        CANCELled, then stop SIPp.
+        CANCELled, then stop SIPp. ``node``: a cluster's node to register on
+        (testkit/cluster.py; default ``self.kamailio``).
         """
+        node = node or self.kamailio
         ring_only = "phone_ring" if ring else "phone_take_message" if take_message else None
         answering = "phone_answer_late" if answer_late else "phone_answer" if answer else None
         ooc = "phone_answer_many" if many else answering or ring_only
@@ -484,7 +488,8 @@ class Stack:
             extra["contact_transport"] = "tls"
         return sipp.start(
             "phone_register_fast" if wake_token else "phone_register",
-            target_port=self.tls_tunnel() if self.tls else self.kamailio.sip_port,
+            target_port=self.tls_tunnel() if self.tls else node.sip_port,
+            target_host=node.listen_ip,
             logdir=self.logs,
             transport="t1",
             local_port=port,
@@ -555,8 +560,8 @@ class Stack:
             label=f"{name}-{phone.user}-{time.monotonic_ns()}",
         )
 
-    def register_and_sleep(self, phone: Phone) -> None:
-        run = self.register(phone)
+    def register_and_sleep(self, phone: Phone, node: Kamailio | None = None) -> None:
+        run = self.register(phone, node=node)
         rc = run.wait(15)
         assert rc == 0, f"phone registration failed (rc={rc}):\n{run.output()[-2000:]}"
 
@@ -568,10 +573,12 @@ class Stack:
         ring: bool = False,
         delay: float = 0.0,
         fast: bool = False,
+        node: Callable[[], Kamailio] | None = None,
     ) -> list[sipp.SippRun]:
         """When the fake APNs accepts a push for this phone, start its wake-up REGISTER.
 
         A phone already awake (its wake-up SIPp still running) is not woken twice.
+        ``node``: where the woken phone registers (a cluster's node, chosen at wake-up).
         """
         started: list[sipp.SippRun] = []
 
@@ -588,8 +595,10 @@ class Stack:
                         answer=not many and not ring,
                         many=many,
                         ring=ring,
-                        label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}",
+                        label=f"wake-{phone.user}-{phone.instance[-4:]}-{len(started)}"
+                        f"-{time.monotonic_ns()}",
                         wake_token=push_data(record).get("wake_token") if fast else None,
+                        node=node() if node is not None else None,
                     )
                     started.append(run)
                 # SIPp exits at once with 254 when it cannot set up (a port taken under
@@ -624,12 +633,15 @@ class Stack:
         talk_ms: int = 300,
         label: str = "caller",
         caller_domain: str = FOREIGN_DOMAIN,
+        node: Kamailio | None = None,
     ) -> sipp.SippRun:
         """Bob calls ``callee`` from ``caller_domain``: a foreign one by default (no digest
-        auth); from ``DOMAIN`` the call is a local user's and is challenged (407)."""
+        auth); from ``DOMAIN`` the call is a local user's and is challenged (407).
+        ``node``: a cluster's node to call into."""
         return sipp.start(
             "caller_call" if expect_answer else "caller_fail",
-            target_port=self.caller_port,
+            target_port=node.sip_port if node is not None else self.caller_port,
+            target_host=node.listen_ip if node is not None else "127.0.0.1",
             logdir=self.logs,
             keys={"domain": DOMAIN, "callee": callee, "caller_domain": caller_domain},
             pause_ms=talk_ms,

@@ -7,12 +7,14 @@ stored one (after reading the difference: kemi/compat.py is where a change is ha
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from testkit.certs import TestPki
+from testkit.cluster import Cluster
 from testkit.ksr_api import LISTS, parse_api_list
-from testkit.stack import Stack
+from testkit.postgres import PostgresCluster
 from tests.conftest import on_kamailio
 
 pytestmark = pytest.mark.e2e
@@ -20,10 +22,16 @@ pytestmark = pytest.mark.e2e
 
 @on_kamailio("5.6", "6.0")
 def test_stored_kemi_exports_are_the_running_kamailios(
-    make_stack: Callable[..., Stack], kamailio_version: str
+    pg: PostgresCluster, pki: TestPki, tmp_path: Path, kamailio_version: str
 ) -> None:
-    stack = make_stack(pushd=False, websocket=True)  # every module kamailio.cfg may load
-    running = parse_api_list(stack.kamailio.kamcmd("app_python.api_list"))
+    # kamailio.cfg with every module it may load: a cluster node's (WITH_CLUSTER) with
+    # WebSocket (WITH_WEBSOCKET).
+    stack = Cluster(tmp_path / "cluster", pg, pki, kamailio=kamailio_version, websocket=True)
+    try:
+        stack.start(pushd=False)
+        running = parse_api_list(stack.kamailio.kamcmd("app_python.api_list"))
+    finally:
+        stack.stop()
     stored_file = LISTS / f"{kamailio_version}.txt"
     stored = [line for line in stored_file.read_text().splitlines() if not line.startswith("#")]
     if running != stored:

@@ -1,0 +1,149 @@
+"""Several Pushgate Kamailio nodes on loopback (WITH_CLUSTER, docs/cluster.md).
+
+Node i listens on 127.0.0.(i+2), all on the same SIP port, one shared PostgreSQL, dmq +
+dmq_usrloc between them; each node has its own pushd (one pushd per node: a push request
+goes to the pushd of the node that holds the call, and its result comes back there).
+Phones and callers stay on 127.0.0.1 and pick a node per REGISTER / call.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from testkit.certs import TestPki
+from testkit.kamailio import Kamailio
+from testkit.postgres import PostgresCluster
+from testkit.procs import stop, tail, wait_until
+from testkit.stack import REPO, Stack
+
+
+def node_ips(size: int) -> list[str]:
+    return [f"127.0.0.{i + 2}" for i in range(size)]
+
+
+def make_node(node: Kamailio, ips: list[str], i: int, port: int) -> None:
+    """Make ``node`` the cluster's node ``i`` of ``ips``: its address, port and defines."""
+    node.listen_ip = ips[i]
+    node.sip_port = port
+    node.extra.update(
+        {
+            "WITH_CLUSTER": "",
+            "CLUSTER_SELF": f'"sip:{ips[i]}:{port}"',
+            "CLUSTER_NOTIFY": f'"sip:{ips[(i + 1) % len(ips)]}:{port}"',
+            "CLUSTER_NODES": '"' + ",".join(ips) + '"',
+        }
+    )
+
+
+class Cluster(Stack):
+    def __init__(
+        self, root: Path, pg: PostgresCluster, pki: TestPki, *, size: int = 2, **kw: object
+    ) -> None:
+        super().__init__(root, pg, pki, **kw)  # type: ignore[arg-type]
+        first = self.kamailio
+        ips = node_ips(size)
+        self.nodes: list[Kamailio] = []
+        for i in range(size):
+            node = (
+                first
+                if i == 0
+                else Kamailio(
+                    workdir=root / f"node{i}",
+                    db_url=pg.url,
+                    hold_timeout=first.hold_timeout,
+                    secret=first.secret,
+                    version=first.version,
+                )
+            )
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            make_node(node, ips, i, first.sip_port)
+            self.nodes.append(node)
+        self.pushds: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self, *, pushd: bool = True) -> Cluster:
+        super().start(pushd=False)  # PostgreSQL tables, fakes, node 0
+        for i, node in enumerate(self.nodes[1:], 1):
+            node.start()
+            self.wait_joined(i)
+        if pushd:
+            for i in range(len(self.nodes)):
+                self.start_node_pushd(i)
+        return self
+
+    def stop(self) -> None:
+        for i in list(self.pushds):
+            stop(self.pushds.pop(i))
+        for node in self.nodes[1:]:
+            node.stop()
+        super().stop()
+
+    # ----- nodes -----
+    def node_pushd_log(self, i: int) -> Path:
+        return self.logs / f"pushd-node{i}.log"
+
+    def start_node_pushd(self, i: int) -> None:
+        node = self.nodes[i]
+        connected = sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
+        with self.node_pushd_log(i).open("ab") as log:
+            self.pushds[i] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pushd",
+                    "--config",
+                    str(self.pushd_config(node, f"pushd-node{i}")),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            wait_until(
+                lambda: (
+                    sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
+                    > connected
+                ),
+                20,
+                f"pushd to connect to node {i}",
+            )
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{tail(self.node_pushd_log(i))}") from None
+
+    def dmq_nodes(self, i: int) -> str:
+        return self.nodes[i].kamcmd("dmq.list_nodes")
+
+    def wait_joined(self, i: int, timeout: float = 10) -> None:
+        """Node i lists every other node as active (dmq's own view)."""
+        others = [n.listen_ip for j, n in enumerate(self.nodes) if j != i]
+
+        def joined() -> bool:
+            listing = self.dmq_nodes(i)
+            return all(ip in listing for ip in others) and "disabled" not in listing
+
+        wait_until(joined, timeout, f"node {i} to join the cluster")
+
+    def kill_node(self, i: int) -> None:
+        """SIGKILL node i and its processes (a crash): no goodbye to the others."""
+        node = self.nodes[i]
+        assert node.pid is not None
+        os.killpg(node.pid, signal.SIGKILL)
+        node.stop()
+
+    def restart_node(self, i: int) -> None:
+        node = self.nodes[i]
+        shutil.rmtree(node.rundir, ignore_errors=True)  # the dead one's ctl socket
+        node.start()
+        self.wait_joined(i)
+
+    def node_events(self, i: int, name: str | None = None) -> list[dict[str, str]]:
+        return [e for e in self.nodes[i].timeline() if name is None or e.get("event") == name]
+
+    def ul_dump(self, i: int) -> str:
+        return self.nodes[i].kamcmd("ul.dump")
