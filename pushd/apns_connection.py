@@ -279,8 +279,8 @@ class ApnsConnection(asyncio.Protocol):
         if self._on_lost is not None:
             self._on_lost(self)  # the pool forgets this connection
         why = f"connection lost before the answer ({exc})" if exc else "connection closed"
+        self.slots.destroy(ApnsNoAnswer(why))  # first: the slots freed below go to nobody
         self._fail_streams(lambda _: True, why)
-        self.slots.destroy(ApnsNoAnswer(why))
 
     # -- requests --
 
@@ -433,6 +433,7 @@ class ApnsConnection(asyncio.Protocol):
         log.log(
             level, "APNs is closing a connection (GOAWAY %s%s)", why, f": {debug}" if debug else ""
         )
+        self.slots.destroy(ApnsNoAnswer(f"connection closing (GOAWAY {why})"))
         last = event.last_stream_id or 0
         self._fail_streams(
             lambda stream_id: stream_id > last,
@@ -442,7 +443,6 @@ class ApnsConnection(asyncio.Protocol):
         self._fail_streams(
             lambda _: True, f"APNs closed the connection before answering (GOAWAY {why})"
         )
-        self.slots.destroy(ApnsNoAnswer(f"connection closing (GOAWAY {why})"))
 
     # -- writes and timers --
 
