@@ -405,7 +405,7 @@ def test_goaway_fails_the_requests_and_the_connection_takes_no_more() -> None:
         pair.to_server()
         pair.server.close_connection(ErrorCodes.NO_ERROR, b"bye", last_stream_id=1)
         pair.to_client()
-        with pytest.raises(ApnsNoAnswer, match="before handling the request .GOAWAY NO_ERROR"):
+        with pytest.raises(ApnsNoAnswer, match=r"before handling the request \(GOAWAY NO_ERROR"):
             await second
         with pytest.raises(ApnsNoAnswer, match="GOAWAY NO_ERROR"):
             await first
