@@ -1,12 +1,11 @@
 """The HTTP/2 connections to one APNs environment: up to ``max_connections``, opened on
 demand over TLS, kept while they work.
 
-A request goes to the least loaded connection with a free stream slot. When none has one,
-or each already carries :data:`SPREAD_AFTER` requests, a new connection is opened while
-the pool is below its size; else the request queues on the least loaded connection. APNs
-lets a new connection carry one stream until a request with a valid JWT went through, so
-a burst right after start opens several connections, which then carry up to 1000 streams
-each.
+A request goes to the first connection with a free stream slot; when none has one, a new
+connection is opened while the pool is below its size, else the request queues on the
+least loaded connection. APNs lets a new connection carry one stream until a request with
+a valid JWT went through, so a burst right after start opens several connections, which
+then each carry up to 1000 streams.
 """
 
 from __future__ import annotations
@@ -18,11 +17,6 @@ import ssl
 from pushd.apns_connection import ApnsConnection, ApnsNoAnswer
 
 log = logging.getLogger("pushd.apns")
-
-SPREAD_AFTER = 10
-"""Open another connection (while below max_connections) once every one has this many
-requests in flight: h2 counts a connection's open streams on every request it sends, so
-100 streams on one connection cost more CPU than 10 on each of 10."""
 
 
 class ApnsPool:
@@ -58,18 +52,10 @@ class ApnsPool:
         """A connection to send on: one with a free slot, a new one, or the least loaded
         (its slots then queue the request). Raises :class:`ApnsNoAnswer` if none can be
         opened."""
-        best: ApnsConnection | None = None
         for connection in self.connections:
-            if (
-                connection.usable
-                and not connection.slots.is_busy
-                and (best is None or connection.slots.open_streams < best.slots.open_streams)
-            ):
-                best = connection
-        room = len(self.connections) + len(self._connecting) < self._max
-        if best is not None and (best.slots.open_streams < SPREAD_AFTER or not room):
-            return best
-        if room:
+            if connection.usable and not connection.slots.is_busy:
+                return connection
+        if len(self.connections) + len(self._connecting) < self._max:
             task = asyncio.ensure_future(self._connect())
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
