@@ -302,6 +302,11 @@ class ApnsConnection(asyncio.Protocol):
             self.slots.release()
             self.going_away = True  # every stream id used: the pool opens another
             raise ApnsNoAnswer("connection has used all its stream ids") from None
+        except ProtocolError as exc:  # h2 refused to send (a state we did not foresee)
+            self.slots.release()
+            raise ApnsNoAnswer(
+                f"HTTP/2 error before sending ({type(exc).__name__}: {exc})"
+            ) from None
         except BaseException:
             self.slots.release()
             raise
