@@ -1,4 +1,4 @@
-"""The real ApnsProvider (and aioapns) against the fake APNs over TLS on 127.0.0.1.
+"""The real ApnsProvider (its h2 connections) against the fake APNs over TLS on 127.0.0.1.
 
 The fake runs in its own thread and loop; each test drives the provider with asyncio.run.
 Every test uses its own device token, so the fake's records are easy to tell apart.

@@ -1,4 +1,4 @@
-"""The pure parts of pushd.apns: message building, TTL, the shared JWT, settings checks."""
+"""The pure parts of the APNs layer: message building, TTL, the shared JWT, settings checks."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushd.apns import (
-    ApnsPushType,
-    ApnsSettings,
-    ProviderToken,
-    build_message,
-    certificate_topic,
-    load_apns_key,
-    time_to_live,
-)
+from pushd.apns import ApnsSettings
+from pushd.apns_auth import ProviderToken, certificate_topic, load_apns_key
+from pushd.apns_message import ApnsPushType, build_message, time_to_live
 from pushd.model import Environment, ProviderName, PushKind, PushRequest
 from testkit.certs import TestPki, make_test_pki
 

@@ -1,29 +1,28 @@
-"""pushd.apns' stream slots: aioapns' per-connection pool, with a bound that can move."""
+"""pushd.apns_connection's stream slots: per connection, with a bound that can move."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from aioapns.exceptions import ConnectionClosed
 
-from pushd.apns import _StreamSlots
+from pushd.apns_connection import ApnsNoAnswer, StreamSlots
 
 
-async def _take(slots: _StreamSlots, count: int) -> list[int]:
-    return [await slots.acquire() for _ in range(count)]
+async def _take(slots: StreamSlots, count: int) -> None:
+    for _ in range(count):
+        await slots.acquire()
 
 
 def test_a_bound_raised_while_a_stream_is_open_frees_all_its_slots() -> None:
     """APNs: 1 stream until a valid JWT, then 1000, announced while request 1 is open."""
 
     async def run() -> tuple[int, bool]:
-        slots = _StreamSlots(1000)
+        slots = StreamSlots(1000)
         await slots.acquire()  # the first request goes out before the server's SETTINGS
         slots.bound = 1
         assert slots.is_busy
         slots.bound = 1000  # the JWT was valid; its answer is still pending
-        # aioapns 4.0 leaves 1 free slot here (2 once the first stream ends).
         await asyncio.wait_for(_take(slots, 999), 1.0)
         return slots.open_streams, slots.is_busy
 
@@ -35,7 +34,7 @@ def test_a_bound_raised_while_a_stream_is_open_frees_all_its_slots() -> None:
 
 def test_a_lowered_bound_holds_new_streams_until_enough_have_ended() -> None:
     async def run() -> list[str]:
-        slots = _StreamSlots(10)
+        slots = StreamSlots(10)
         await _take(slots, 5)
         slots.bound = 2  # 5 open, 2 allowed: 4 must end before the next may start
         events: list[str] = []
@@ -57,7 +56,7 @@ def test_a_lowered_bound_holds_new_streams_until_enough_have_ended() -> None:
 
 def test_waiters_get_freed_slots_in_order_and_newcomers_queue_behind_them() -> None:
     async def run() -> list[str]:
-        slots = _StreamSlots(1)
+        slots = StreamSlots(1)
         await slots.acquire()
         order: list[str] = []
 
@@ -83,7 +82,7 @@ def test_waiters_get_freed_slots_in_order_and_newcomers_queue_behind_them() -> N
 
 def test_a_cancelled_waiter_gives_back_a_slot_it_was_handed() -> None:
     async def run() -> tuple[int, bool]:
-        slots = _StreamSlots(1)
+        slots = StreamSlots(1)
         await slots.acquire()
         waiter = asyncio.create_task(slots.acquire())
         await asyncio.sleep(0)
@@ -98,7 +97,7 @@ def test_a_cancelled_waiter_gives_back_a_slot_it_was_handed() -> None:
 
 def test_a_cancelled_waiter_leaves_the_queue() -> None:
     async def run() -> int:
-        slots = _StreamSlots(1)
+        slots = StreamSlots(1)
         await slots.acquire()
         waiter = asyncio.create_task(slots.acquire())
         await asyncio.sleep(0)
@@ -114,12 +113,12 @@ def test_a_cancelled_waiter_leaves_the_queue() -> None:
 
 def test_destroy_fails_the_waiters() -> None:
     async def run() -> None:
-        slots = _StreamSlots(1)
+        slots = StreamSlots(1)
         await slots.acquire()
         waiter = asyncio.create_task(slots.acquire())
         await asyncio.sleep(0)
-        slots.destroy(ConnectionClosed("gone"))
-        with pytest.raises(ConnectionClosed):
+        slots.destroy(ApnsNoAnswer("gone"))
+        with pytest.raises(ApnsNoAnswer):
             await waiter
 
     asyncio.run(run())

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pushd import apns, config
+from pushd import apns_message, config
 from pushd.config import ConfigError, RefreshConfig, Secret
 from pushd.dispatch import Dispatcher, RequestDefaults, build_request
 from pushd.model import PushKind, PushRequest, PushResult, Verdict
@@ -177,11 +177,11 @@ def test_push_message_goes_through_the_dispatcher_validation() -> None:
     request = build_request(msg, RequestDefaults())
     assert request.kind is PushKind.REFRESH
     assert request.deadline == NOW + 100
-    message = apns.build_message(request, NOW)
-    assert message.push_type is apns.ApnsPushType.BACKGROUND
-    assert message.priority == apns.PRIORITY_POWER_SAVING
+    message = apns_message.build_message(request, NOW)
+    assert message.push_type is apns_message.ApnsPushType.BACKGROUND
+    assert message.priority == apns_message.PRIORITY_POWER_SAVING
     assert message.topic == "com.example.app"
-    assert message.time_to_live == 100
+    assert message.expiration - int(NOW) == 100  # seconds to live
     assert message.payload["aps"] == {"content-available": 1}
 
 
