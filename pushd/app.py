@@ -172,7 +172,7 @@ class PushDaemon:
         if self.refresher is not None:
             await self.refresher.stop()
         if self.api is not None:
-            self.api.stop_listening()
+            await self.api.stop_listening()
         if self.dispatcher is not None:
             self.dispatcher.stop_accepting()
             if not await self.dispatcher.drain(grace):

@@ -127,6 +127,7 @@ class Dispatcher:
         self._defaults = defaults or RequestDefaults()
         self._policy = policy or RetryPolicy()
         self.metrics = metrics or Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self._tasks))
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._rng = rng or random.Random()
@@ -157,7 +158,6 @@ class Dispatcher:
             return
         task = asyncio.get_running_loop().create_task(self._run(msg, started, out))
         self._tasks.add(task)
-        self.metrics.in_flight = len(self._tasks)
         task.add_done_callback(self._task_done)
 
     def stop_accepting(self) -> None:
@@ -180,7 +180,6 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.metrics.in_flight = len(self._tasks)
         if not task.cancelled() and task.exception() is not None:
             log.error("push task crashed", exc_info=task.exception())
 
@@ -222,7 +221,7 @@ class Dispatcher:
                 return replace(last, verdict=Verdict.GIVE_UP), attempt
             attempt += 1
             result = await self._attempt(provider, request, request.deadline - now)
-            self.metrics.attempts_total.inc(request.provider.value, result.verdict.value)
+            self.metrics.attempts_total.labels(request.provider.value, result.verdict.value).inc()
             if result.verdict != Verdict.RETRY:
                 if may_be_environment_mixup(request, result):
                     return await self._try_other_environment(provider, request, result, attempt)
@@ -249,7 +248,7 @@ class Dispatcher:
         if budget <= 0:
             return environment_check_outcome(first, None), attempts
         second = await self._attempt(provider, other, budget)
-        self.metrics.attempts_total.inc(request.provider.value, second.verdict.value)
+        self.metrics.attempts_total.labels(request.provider.value, second.verdict.value).inc()
         if second.verdict == Verdict.DELIVERED:
             # The push got through, but every later one will pay a failed attempt first.
             log.warning(
@@ -284,8 +283,8 @@ class Dispatcher:
     ) -> None:
         elapsed = time.monotonic() - started
         verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
-        self.metrics.pushes_total.inc(label, verdict.value)
-        self.metrics.push_seconds.observe(elapsed, label)
+        self.metrics.pushes_total.labels(label, verdict.value).inc()
+        self.metrics.push_seconds.labels(label).observe(elapsed)
         if verdict == Verdict.CONFIG_ERROR:
             self._config_error(label, result)
         echo = msg if isinstance(msg, wire.Push) else _Echo.of(msg)
@@ -324,7 +323,7 @@ class Dispatcher:
 
     def _config_error(self, label: str, result: PushResult) -> None:
         reason = result.reason
-        self.metrics.config_errors_total.inc(label, reason or "")
+        self.metrics.config_errors_total.labels(label, reason or "").inc()
         key = (label, reason or "")
         if key in self._config_errors_seen:
             return
