@@ -221,7 +221,8 @@ class Dispatcher:
                 return replace(last, verdict=Verdict.GIVE_UP), attempt
             attempt += 1
             result = await self._attempt(provider, request, request.deadline - now)
-            self.metrics.attempts_total.labels(request.provider.value, result.verdict.value).inc()
+            m = self.metrics
+            m.child(m.attempts_total, request.provider.value, result.verdict.value).inc()
             if result.verdict != Verdict.RETRY:
                 if may_be_environment_mixup(request, result):
                     return await self._try_other_environment(provider, request, result, attempt)
@@ -248,7 +249,8 @@ class Dispatcher:
         if budget <= 0:
             return environment_check_outcome(first, None), attempts
         second = await self._attempt(provider, other, budget)
-        self.metrics.attempts_total.labels(request.provider.value, second.verdict.value).inc()
+        m = self.metrics
+        m.child(m.attempts_total, request.provider.value, second.verdict.value).inc()
         if second.verdict == Verdict.DELIVERED:
             # The push got through, but every later one will pay a failed attempt first.
             log.warning(
@@ -283,8 +285,9 @@ class Dispatcher:
     ) -> None:
         elapsed = time.monotonic() - started
         verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
-        self.metrics.pushes_total.labels(label, verdict.value).inc()
-        self.metrics.push_seconds.labels(label).observe(elapsed)
+        m = self.metrics
+        m.child(m.pushes_total, label, verdict.value).inc()
+        m.child(m.push_seconds, label).observe(elapsed)
         if verdict == Verdict.CONFIG_ERROR:
             self._config_error(label, result)
         echo = msg if isinstance(msg, wire.Push) else _Echo.of(msg)
@@ -323,7 +326,7 @@ class Dispatcher:
 
     def _config_error(self, label: str, result: PushResult) -> None:
         reason = result.reason
-        self.metrics.config_errors_total.labels(label, reason or "").inc()
+        self.metrics.config_errors_total.labels(label, reason or "").inc()  # rare: no cache
         key = (label, reason or "")
         if key in self._config_errors_seen:
             return

@@ -7,8 +7,13 @@ apart and leaves out the library's process/platform collectors.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds from receiving a push request to its final verdict."""
@@ -24,6 +29,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         r = self.registry
         self.pushes_total = Counter(
             "pushd_pushes_total",
@@ -56,6 +62,15 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("pushd_in_flight", "Push requests being worked on.", registry=r)
+
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, kept: a busy pushd counts the same few label sets,
+        three per push, and ``labels()`` checks and locks on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child  # type: ignore[return-value]
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's value (0 when it has none yet): for tests and diagnostics."""
