@@ -152,7 +152,8 @@ class Welcome:
 @dataclass(frozen=True, kw_only=True)
 class Push:
     """One push to one device. ``id`` is opaque to pushd and echoed in the result (from
-    Kamailio a :class:`PushId`; from pushd's HTTP API the caller's own)."""
+    Kamailio a :class:`PushId`; from pushd's HTTP API the caller's own; empty: no result
+    is wanted)."""
 
     id: str
     kind: PushKind
@@ -300,9 +301,7 @@ def parse_welcome(msg: Mapping[str, Any]) -> Welcome:
 def parse_push(msg: Mapping[str, Any]) -> Push:
     """A ``push`` (its ``type`` is the caller's to check). pn-* values are only checked to
     be strings here: what they mean is ``pushgate.pn_params``'s business."""
-    push_id = msg.get("id")
-    if not isinstance(push_id, str) or not push_id:
-        raise WireError("id", f"expected a non-empty string, got {_short(push_id)}")
+    push_id = _str(msg, "id")  # absent: nobody waits for the result, none is sent
     kind = msg.get("kind")
     if not isinstance(kind, str) or kind not in _KINDS:
         allowed = ", ".join(k.value for k in PushKind)
