@@ -37,7 +37,7 @@ from kemi import (
 from kemi.host import Host, Route
 from kemi.settings import Settings, define, log, reply_reason
 from pushgate import edge as edge_plan
-from pushgate import flood, flow_token, registration, setup_check, sipmsg, wake_token
+from pushgate import flood, flow_token, registration, setup_check, sipmsg, wake_token, wire
 from pushgate.decision import Action, Binding, decide, woke_on
 
 # Modules Pushgate calls (all in Debian's kamailio, -extra- and -python3-modules).
@@ -167,14 +167,14 @@ class Hooks:
         if held_calls.claim(held.tx_key):
             KSR.sl.sl_send_reply(200, "OK")
             log("cancel_held", callid=callid, aor=held.aor)
-            pushing.send_notices(self.settings, held, "cancel", reason=reason)
+            pushing.send_notices(self.settings, held, wire.PushKind.CANCEL, reason=reason)
             callkit.remember_cancelled(self.settings, held, callid)
             held_calls.forget(held, callid)
             self.host.continue_tx(held.index, held.label, Route.CANCELLED)
             return True
         # Ringing, with some pushed devices still asleep: tell them too; the host relays
         # the CANCEL to the ringing branches.
-        pushing.send_notices(self.settings, held, "cancel", reason=reason)
+        pushing.send_notices(self.settings, held, wire.PushKind.CANCEL, reason=reason)
         held_calls.forget(held, callid)
         return False
 
@@ -297,7 +297,8 @@ class Hooks:
         if KSR.is_MESSAGE():
             return messages.route(
                 self.settings,
-                held_calls.Held(aor=aor, uri=uri, index=0, label=0),
+                aor,
+                uri,
                 live=decision.action is Action.RELAY,
                 asleep=decision.push,
                 failure_route=self.host.route_name(Route.MESSAGE_FAILED),
@@ -437,7 +438,9 @@ class Hooks:
         log("reply", status=status, method="INVITE", callid=callid)
         if 200 <= status < 300:
             # Answered: pushed devices still asleep get "answered elsewhere".
-            pushing.send_notices(self.settings, held, "cancel", reason="answered_elsewhere")
+            pushing.send_notices(
+                self.settings, held, wire.PushKind.CANCEL, reason="answered_elsewhere"
+            )
             held_calls.forget(held, callid)
 
     # ----- routes tm runs for Pushgate -----
@@ -448,7 +451,7 @@ class Hooks:
         if held is None or not held_calls.claim(held.tx_key):
             return  # already resumed, cancelled or failed
         log("hold_timeout", callid=callid)
-        pushing.send_notices(self.settings, held, "missed")
+        pushing.send_notices(self.settings, held, wire.PushKind.MISSED)
         held_calls.forget(held, callid)
         reply_reason(480, "Temporarily Unavailable", "Device did not wake up")
 
@@ -569,7 +572,7 @@ class Hooks:
             return
         aor, bindings = ksr_bindings.fetch(uri)
         asleep = tuple(b for b in bindings if not b.alive and b.push)
-        messages.store(self.settings, held_calls.Held(aor=aor, uri=uri, index=0, label=0), asleep)
+        messages.store(self.settings, aor, uri, asleep)
 
     # ----- edge mode (edge.cfg, docs/edge.md): the upstream is the registrar -----
     def edge_register(self) -> bool:

@@ -6,8 +6,9 @@ import time
 
 import KSR
 
-from kemi import held_calls, pushing
+from kemi import pushing
 from kemi.settings import Settings, log
+from pushgate import wire
 from pushgate.decision import Binding
 
 # msilo adds this header to the messages it sends back out (pushgate.cfg extra_hdrs).
@@ -28,7 +29,8 @@ def from_message_store() -> bool:
 
 def route(
     settings: Settings,
-    held: held_calls.Held,
+    aor: str,
+    uri: str,
     *,
     live: bool,
     asleep: tuple[Binding, ...],
@@ -41,7 +43,7 @@ def route(
         if live:
             KSR.tm.t_on_failure(failure_route)
             return False
-        still_stored(settings, held.uri)
+        still_stored(settings, uri)
         KSR.sl.sl_send_reply(480, "Temporarily Unavailable")
         return True
     # Stateful from here: retransmissions must not store the message twice.
@@ -49,24 +51,26 @@ def route(
     if live:
         KSR.tm.t_on_failure(failure_route)
         return False
-    store(settings, held, asleep)
+    store(settings, aor, uri, asleep)
     return True
 
 
-def store(settings: Settings, held: held_calls.Held, asleep: tuple[Binding, ...]) -> None:
-    if KSR.msilo.mstore_uri(held.uri) < 0:
+def store(settings: Settings, aor: str, uri: str, asleep: tuple[Binding, ...]) -> None:
+    """Into msilo's store, and a push to each sleeping device (no call is held for it)."""
+    if KSR.msilo.mstore_uri(uri) < 0:
         KSR.tm.t_reply(500, "Could Not Store Message")
         return
-    still_stored(settings, held.uri)
+    still_stored(settings, uri)
     KSR.tm.t_reply(202, "Accepted")
     callid = str(KSR.pv.get("$ci"))
-    log("message_stored", aor=held.aor, callid=callid, pushed=len(asleep))
-    data = {"call_id": callid, "sender": str(KSR.pv.get("$fu")), "aor": held.uri}
+    log("message_stored", aor=aor, callid=callid, pushed=len(asleep))
+    data = {"call_id": callid, "sender": str(KSR.pv.get("$fu")), "aor": uri}
     if settings.msg_preview:
         data["preview"] = str(KSR.pv.get("$rb") or "")[:PREVIEW_CHARS]
     deadline = time.time() + settings.notice_ttl
     for n, b in enumerate(asleep):
-        pushing.send(held, n, pushing.target(b), "message", deadline, data)
+        push_id = wire.PushId(tx=None, n=n)
+        pushing.send(aor, uri, push_id, pushing.target(b), wire.PushKind.MESSAGE, deadline, data)
 
 
 def still_stored(settings: Settings, uri: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 import KSR
 
@@ -27,13 +26,13 @@ def on_event(settings: Settings, host: Host, evname: str) -> None:
     if evname != "evapi:message-received":
         return
     try:
-        message = wire.parse_message(str(KSR.pv.get("$evapi(msg)") or ""))
-        if message["type"] == "hello":
-            on_hello(settings, conidx, message)
+        message = wire.decode(str(KSR.pv.get("$evapi(msg)") or ""))
+        if message["type"] == wire.MessageType.HELLO:
+            on_hello(settings, conidx, wire.parse_hello(message))
         elif KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is None:
             KSR.err("pushgate: message from unauthenticated evapi client, closing\n")
             KSR.evapi.close()
-        elif message["type"] == "result":
+        elif message["type"] == wire.MessageType.RESULT:
             on_result(host, wire.parse_result(message))
     except wire.WireError as exc:
         KSR.err(f"pushgate: bad message on the pushd channel: {exc}\n")
@@ -41,8 +40,7 @@ def on_event(settings: Settings, host: Host, evname: str) -> None:
             KSR.evapi.close()  # not an authenticated pushd: no second chance
 
 
-def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
-    given = str(message.get("secret", ""))
+def on_hello(settings: Settings, conidx: str, hello: wire.Hello) -> None:
     if settings.secret in ("", DEFAULT_SECRET):
         KSR.err(
             "pushgate: PUSHGATE_SECRET is not set (still the default): refusing pushd; "
@@ -50,7 +48,7 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
         )
         KSR.evapi.close()
         return
-    if not hmac.compare_digest(given.encode(), settings.secret.encode()):
+    if not hmac.compare_digest(hello.secret.encode(), settings.secret.encode()):
         KSR.err("pushgate: pushd hello with a wrong secret, closing\n")
         KSR.evapi.close()
         return
@@ -58,8 +56,8 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
     KSR.evapi.set_tag("pushd")
     KSR.htable.sht_seti(pushing.PUSHD, "c" + conidx, 1)
     metrics.pushd_connected(True)
-    KSR.evapi.relay_unicast(wire.control_message("welcome", version=wire.VERSION), "pushd")
-    log("pushd_connected", conidx=conidx, agent=message.get("agent", "?"))
+    KSR.evapi.relay_unicast(wire.encode(wire.Welcome().message()), "pushd")
+    log("pushd_connected", conidx=conidx, agent=hello.agent, version=hello.version)
     if alone:
         # Pushes the previous pushd took along unanswered (killed, hung and closed).
         resent = pushing.resend_outbox()
@@ -68,23 +66,26 @@ def on_hello(settings: Settings, conidx: str, message: dict[str, Any]) -> None:
 
 
 def on_result(host: Host, result: wire.Result) -> None:
-    hid = result.hold_id
-    KSR.htable.sht_rm(pushing.OUTBOX, str(hid))
+    push_id = wire.PushId.parse(result.id)
+    KSR.htable.sht_rm(pushing.OUTBOX, result.id)
     log(
         "push_result",
-        id=hid,
+        id=result.id,
         verdict=result.verdict,
         status=result.status,
         reason=result.reason,
         ms=result.ms,
     )
-    if result.verdict == "delete_token" and result.aor and result.ruid:
+    if result.verdict == wire.Verdict.DELETE_TOKEN and result.aor and result.ruid:
         KSR.registrar.unregister_ruid("location", result.aor, result.ruid)
         log("binding_removed", aor=result.aor, ruid=result.ruid)
-    if result.verdict != "delivered" and result.ruid:
+    if result.verdict != wire.Verdict.DELIVERED and result.ruid:
         pushing.landed([result.ruid])  # not woken by this push: the next call may push
-    if result.verdict == "delivered" or not held_calls.push_failed(hid.tx_key):
+    tx = push_id.tx
+    if tx is None or result.verdict == wire.Verdict.DELIVERED:
+        return  # no held call waits for this push, or it went out
+    if not held_calls.push_failed(tx.key):
         return
     # Every push for this call failed for good: end it now rather than at the deadline.
-    if held_calls.claim(hid.tx_key):
-        host.continue_tx(hid.index, hid.label, Route.PUSH_FAILED)
+    if held_calls.claim(tx.key):
+        host.continue_tx(tx.index, tx.label, Route.PUSH_FAILED)

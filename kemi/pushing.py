@@ -53,44 +53,51 @@ def call_data(held: held_calls.Held) -> dict[str, str]:
 
 
 def send(
-    held: held_calls.Held,
-    n: int,
+    aor: str,
+    uri: str,
+    push_id: wire.PushId,
     dest: dict[str, str],
-    kind: str,
+    kind: wire.PushKind,
     deadline: float,
     data: dict[str, str],
 ) -> None:
-    """One push request; call pushes carry a one-time wake token for that device."""
-    hold_id = wire.HoldId(index=held.index, label=held.label, n=n)
-    if kind == "call":
+    """One push request for the AoR (usrloc's key ``aor``, SIP URI ``uri``); call pushes
+    carry a one-time wake token for that device."""
+    if kind == wire.PushKind.CALL:
         token = wake_token.new_token()
         ttl = max(1, int(deadline - time.time()))
-        key = wake_token.binding_key(held.aor, dest["instance"])
+        key = wake_token.binding_key(aor, dest["instance"])
         KSR.htable.sht_setxs(WAKE_TOKENS, token, key, ttl)
         data = {**data, wake_token.PAYLOAD_KEY: token}
     message = wire.push_message(
-        hold_id=hold_id,
+        push_id=push_id,
         kind=kind,
         provider=dest["provider"],
         prid=dest["prid"],
         param=dest["param"],
-        aor=held.uri,
+        aor=uri,
         ruid=dest["ruid"],
         instance=dest["instance"],
         deadline=deadline,
         data=data,
     )
-    if kind == "call":
-        KSR.htable.sht_setxs(OUTBOX, str(hold_id), message, max(1, int(deadline - time.time())))
+    if kind == wire.PushKind.CALL:
+        KSR.htable.sht_setxs(OUTBOX, str(push_id), message, max(1, int(deadline - time.time())))
     rc = KSR.evapi.relay_multicast(message, "pushd")
-    log("push_request", kind=kind, aor=held.aor, callid=data["call_id"], id=hold_id, rc=rc)
+    log("push_request", kind=kind, aor=aor, callid=data["call_id"], id=push_id, rc=rc)
+
+
+def call_push_id(held: held_calls.Held, n: int) -> wire.PushId:
+    """The n-th push for a held (or ringing) call."""
+    return wire.PushId(tx=wire.Tx(held.index, held.label), n=n)
 
 
 def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, str]]) -> None:
     deadline = time.time() + settings.hold_timeout
     window = settings.limits.window
     for n, dest in enumerate(dests):
-        send(held, n, dest, "call", deadline, call_data(held))
+        push_id = call_push_id(held, n)
+        send(held.aor, held.uri, push_id, dest, wire.PushKind.CALL, deadline, call_data(held))
         KSR.htable.sht_setxi(IN_FLIGHT, dest["ruid"], 1, settings.hold_timeout)
         count(f"d:{dest['ruid']}", window)
     if dests:
@@ -128,7 +135,9 @@ def landed(ruids: list[str]) -> None:
         KSR.htable.sht_rm(IN_FLIGHT, ruid)
 
 
-def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: str = "") -> None:
+def send_notices(
+    settings: Settings, held: held_calls.Held, kind: wire.PushKind, reason: str = ""
+) -> None:
     """Tell pushed devices the call is over (cancelled / missed): alert pushes, not VoIP.
 
     Devices that woke hear about it over SIP (CANCEL with Reason); only the ones still
@@ -148,7 +157,7 @@ def send_notices(settings: Settings, held: held_calls.Held, kind: str, reason: s
     current = {b.ruid for b in bindings}
     for n, dest in enumerate(held_calls.targets(held)):
         if dest.get("pushed") and dest["instance"] not in awake and dest["ruid"] in current:
-            send(held, n, dest, kind, deadline, data)
+            send(held.aor, held.uri, call_push_id(held, n), dest, kind, deadline, data)
 
 
 def store_ringing(aor: str) -> None:

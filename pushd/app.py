@@ -32,6 +32,7 @@ from pushd.kamailio_link import KamailioLink
 from pushd.metrics import Metrics
 from pushd.model import Environment, Provider, ProviderName, PushKind, Verdict
 from pushd.refresh import Refresher, dsn_secrets, start_refresher
+from pushgate import wire
 
 log = logging.getLogger("pushd.app")
 
@@ -177,7 +178,7 @@ class PushDaemon:
         if self.refresher is not None:
             await self.refresher.stop()
         if self.api is not None:
-            self.api.stop_listening()
+            await self.api.stop_listening()
         if self.dispatcher is not None:
             self.dispatcher.stop_accepting()
             if not await self.dispatcher.drain(grace):
@@ -282,15 +283,17 @@ def send_test_push(
 
 
 async def _test_push(config: Config, provider: str, prid: str, param: str, kind: str) -> int:
-    msg: dict[str, Any] = {
-        "type": "push",
-        "id": f"test-push-{uuid.uuid4().hex[:8]}",
-        "kind": kind,
-        "provider": provider,
-        "prid": prid,
-        "param": param,
-        "deadline": time.time() + 30.0,
-        "data": {"call_id": f"pushd-test-{uuid.uuid4().hex[:12]}", "caller": "sip:pushd@test"},
+    msg = {
+        **wire.Push(
+            id=f"test-push-{uuid.uuid4().hex[:8]}",
+            kind=PushKind.CALL,
+            provider=provider,
+            prid=prid,
+            param=param,
+            deadline=time.time() + 30.0,
+            data={"call_id": f"pushd-test-{uuid.uuid4().hex[:12]}", "caller": "sip:pushd@test"},
+        ).message(),
+        "kind": kind,  # as typed on the command line: build_request names a wrong one
     }
     try:
         request = build_request(msg, request_defaults(config))

@@ -31,24 +31,20 @@ from pushd.model import (
     Verdict,
 )
 from pushd.retry import RetryPolicy, fits_deadline, next_delay
-from pushgate import pn_params
+from pushgate import pn_params, wire
 
 log = logging.getLogger("pushd.dispatch")
 
 ResultSink = Callable[[dict[str, Any]], None]
-"""Where result messages go (the Kamailio link's queue). Must not block."""
+"""Where result messages go (``wire.Result.message()``: the Kamailio link's queue, an
+HTTP API request, the refresher). Must not block."""
 
 # pn_params names the RFC 8599 parameter; Kamailio's message names the JSON field.
 _PN_FIELD = {"pn-provider": "provider", "pn-prid": "prid", "pn-param": "param"}
 
 
-class BadPush(ValueError):
+class BadPush(wire.WireError):
     """A push message field is missing or malformed; ``field`` names it."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,22 +55,22 @@ class RequestDefaults:
     """Environment for plain ``apns`` (``apns.dev`` always means sandbox)."""
 
 
-def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequest:
+def parse_push(msg: Mapping[str, Any] | wire.Push) -> wire.Push:
+    """A push message as received (or already typed). Raises :class:`BadPush`."""
+    if isinstance(msg, wire.Push):
+        return msg
+    try:
+        return wire.parse_push(msg)
+    except wire.WireError as exc:
+        raise BadPush(exc.field, exc.reason) from None
+
+
+def build_request(msg: Mapping[str, Any] | wire.Push, defaults: RequestDefaults) -> PushRequest:
     """Validate one ``push`` message into a request. Raises :class:`BadPush`."""
-    kind = _kind(msg.get("kind"))
-    deadline = msg.get("deadline")
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-        raise BadPush("deadline", "missing or not a number (epoch seconds)")
-    # json.loads takes Infinity/NaN (retries would never stop, or never start) and
-    # integers of any size (float() of 10**400 raises OverflowError).
-    if not -1e12 < deadline < 1e12:
-        raise BadPush("deadline", "must be a finite number of epoch seconds")
-    data = _data(msg.get("data"))
+    push = parse_push(msg)
     pn = {}
     for name, fieldname in _PN_FIELD.items():
-        value = msg.get(fieldname)
-        if value is not None and not isinstance(value, str):
-            raise BadPush(fieldname, "must be a string")
+        value = getattr(push, fieldname)
         if value:
             pn[name] = value
     try:
@@ -83,6 +79,7 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
         raise BadPush(_PN_FIELD.get(exc.param, exc.param), exc.reason) from exc
     if params is None:
         raise BadPush("provider", "missing")
+    kind, deadline, data = push.kind, push.deadline, dict(push.data)
     if params.provider == ProviderName.APNS:
         # Calls go to PushKit (VoIP token, <bundle>.voip); the rest are user-visible alerts.
         service = "voip" if kind == PushKind.CALL else "remote"
@@ -95,7 +92,7 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
             token=params.token_for(service),
             topic=params.apns_topic(service),
             kind=kind,
-            deadline=float(deadline),
+            deadline=deadline,
             data=data,
             environment=env,
             environment_pinned=params.environment_pinned,
@@ -114,33 +111,9 @@ def build_request(msg: Mapping[str, Any], defaults: RequestDefaults) -> PushRequ
         token=params.prid,
         topic=params.param,  # the Firebase project ID
         kind=kind,
-        deadline=float(deadline),
+        deadline=deadline,
         data=data,
     )
-
-
-def _kind(value: object) -> PushKind:
-    if isinstance(value, str):
-        try:
-            return PushKind(value)
-        except ValueError:
-            pass
-    allowed = ", ".join(k.value for k in PushKind)
-    raise BadPush("kind", f"must be one of {allowed} (got {value!r})")
-
-
-def _data(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise BadPush("data", "must be an object")
-    out: dict[str, str] = {}
-    for k, v in value.items():
-        # FCM rejects non-string data values; catching it here names the culprit.
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise BadPush(f"data.{k}", "values must be strings")
-        out[k] = v
-    return out
 
 
 class Dispatcher:
@@ -163,6 +136,7 @@ class Dispatcher:
         self._defaults = defaults or RequestDefaults()
         self._policy = policy or RetryPolicy()
         self.metrics = metrics or Metrics()
+        self.metrics.in_flight.set_function(lambda: len(self._tasks))
         self._max_in_flight = max_in_flight
         self._clock = clock
         self._rng = rng or random.Random()
@@ -174,8 +148,8 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def submit(self, msg: Mapping[str, Any], sink: ResultSink | None = None) -> None:
-        """Start working on one ``push`` message; returns at once, never raises.
+    def submit(self, msg: Mapping[str, Any] | wire.Push, sink: ResultSink | None = None) -> None:
+        """Start working on one ``push`` (as received, or typed); returns at once, never raises.
 
         The result goes to ``sink`` when given (the HTTP API waits on its own pushes),
         else to the sink the dispatcher was built with (Kamailio).
@@ -193,7 +167,6 @@ class Dispatcher:
             return
         task = asyncio.get_running_loop().create_task(self._run(msg, started, out))
         self._tasks.add(task)
-        self.metrics.in_flight = len(self._tasks)
         task.add_done_callback(self._task_done)
 
     def stop_accepting(self) -> None:
@@ -216,24 +189,26 @@ class Dispatcher:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.metrics.in_flight = len(self._tasks)
         if not task.cancelled() and task.exception() is not None:
             log.error("push task crashed", exc_info=task.exception())
 
-    async def _run(self, msg: Mapping[str, Any], started: float, sink: ResultSink) -> None:
+    async def _run(
+        self, msg: Mapping[str, Any] | wire.Push, started: float, sink: ResultSink
+    ) -> None:
         label, attempts = "unknown", 0
         try:
-            provider_name = _provider_name(msg.get("provider"))
+            msg = push = parse_push(msg)
+            provider_name = _provider_name(push.provider)
             if provider_name is not None:
                 label = provider_name.value
                 if provider_name not in self._providers:
                     # Checked before the token so an unconfigured provider says just that.
                     result = _give_up(f"provider {label} not configured")
-                    self._finish(msg, label, result, 0, started, sink)
+                    self._finish(push, label, result, 0, started, sink)
                     return
-            request = build_request(msg, self._defaults)
+            request = build_request(push, self._defaults)
             provider = self._providers[request.provider]
-            result, attempts = await self._attempt_until_deadline(provider, request, msg)
+            result, attempts = await self._attempt_until_deadline(provider, request, push.id)
         except BadPush as exc:
             result = _give_up(f"bad push: {exc}")
         except asyncio.CancelledError:
@@ -243,7 +218,7 @@ class Dispatcher:
         self._finish(msg, label, result, attempts, started, sink)
 
     async def _attempt_until_deadline(
-        self, provider: Provider, request: PushRequest, msg: Mapping[str, Any]
+        self, provider: Provider, request: PushRequest, push_id: str
     ) -> tuple[PushResult, int]:
         attempt = 0
         last: PushResult | None = None
@@ -255,7 +230,8 @@ class Dispatcher:
                 return replace(last, verdict=Verdict.GIVE_UP), attempt
             attempt += 1
             result = await self._attempt(provider, request, request.deadline - now)
-            self.metrics.attempts_total.inc(request.provider.value, result.verdict.value)
+            m = self.metrics
+            m.child(m.attempts_total, request.provider.value, result.verdict.value).inc()
             if result.verdict != Verdict.RETRY:
                 if may_be_environment_mixup(request, result):
                     return await self._try_other_environment(provider, request, result, attempt)
@@ -266,7 +242,7 @@ class Dispatcher:
                 return replace(result, verdict=Verdict.GIVE_UP), attempt
             log.debug(
                 "push %s attempt %d: retry in %.3fs (%s)",
-                _id_for_log(msg),
+                push_id[:80],
                 attempt,
                 delay,
                 result.reason,
@@ -282,7 +258,8 @@ class Dispatcher:
         if budget <= 0:
             return environment_check_outcome(first, None), attempts
         second = await self._attempt(provider, other, budget)
-        self.metrics.attempts_total.inc(request.provider.value, second.verdict.value)
+        m = self.metrics
+        m.child(m.attempts_total, request.provider.value, second.verdict.value).inc()
         if second.verdict == Verdict.DELIVERED:
             # The push got through, but every later one will pay a failed attempt first.
             log.warning(
@@ -308,7 +285,7 @@ class Dispatcher:
 
     def _finish(
         self,
-        msg: Mapping[str, Any],
+        msg: Mapping[str, Any] | wire.Push,
         label: str,
         result: PushResult,
         attempts: int,
@@ -317,10 +294,12 @@ class Dispatcher:
     ) -> None:
         elapsed = time.monotonic() - started
         verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
-        self.metrics.pushes_total.inc(label, verdict.value)
-        self.metrics.push_seconds.observe(elapsed, label)
+        m = self.metrics
+        m.child(m.pushes_total, label, verdict.value).inc()
+        m.child(m.push_seconds, label).observe(elapsed)
         if verdict == Verdict.CONFIG_ERROR:
             self._config_error(label, result)
+        echo = msg if isinstance(msg, wire.Push) else _Echo.of(msg)
         # Delivered pushes are the bulk and the metrics count them: DEBUG, or one INFO line
         # per push (formatted, filtered, written, flushed) costs a busy pushd 10-15 % CPU.
         # Failures stay WARNING. The check first spares building the arguments.
@@ -328,38 +307,35 @@ class Dispatcher:
         if log.isEnabledFor(level):
             log.log(
                 level,
-                "push %s %s %s %s: %s status=%s reason=%s attempts=%d %.1fms",
-                _id_for_log(msg),
+                "push %r %s %s %s: %s status=%s reason=%s attempts=%d %.1fms",
+                echo.id[:80],
                 label,
-                msg.get("kind"),
-                short_token(str(msg.get("prid") or "")),
+                echo.kind,
+                short_token(echo.prid),
                 verdict.value,
                 result.status,
                 result.reason,
                 attempts,
                 elapsed * 1000,
             )
-        push_id = msg.get("id")
-        if not isinstance(push_id, str | int) or isinstance(push_id, bool) or push_id == "":
+        if not echo.id:
             log.warning("push without an id: no result can be sent back")
             return
-        sink(
-            {
-                "type": "result",
-                "id": push_id,
-                "verdict": verdict.value,
-                "status": result.status,
-                "reason": result.reason,
-                "aor": msg.get("aor"),
-                "ruid": msg.get("ruid"),
-                "attempts": attempts,
-                "ms": round(elapsed * 1000, 1),
-            }
+        answer = wire.Result(
+            id=echo.id,
+            verdict=verdict,
+            status=result.status,
+            reason=result.reason,
+            aor=echo.aor,
+            ruid=echo.ruid,
+            attempts=attempts,
+            ms=round(elapsed * 1000, 1),
         )
+        sink(answer.message())
 
     def _config_error(self, label: str, result: PushResult) -> None:
         reason = result.reason
-        self.metrics.config_errors_total.inc(label, reason or "")
+        self.metrics.config_errors_total.labels(label, reason or "").inc()  # rare: no cache
         key = (label, reason or "")
         if key in self._config_errors_seen:
             return
@@ -429,5 +405,20 @@ def _provider_name(raw: object) -> ProviderName | None:
     return ProviderName(name)
 
 
-def _id_for_log(msg: Mapping[str, Any]) -> str:
-    return repr(msg.get("id"))[:80]
+@dataclass(frozen=True)
+class _Echo:
+    """What a result echoes of a push that could not be parsed: its string fields only."""
+
+    id: str
+    kind: str
+    prid: str
+    aor: str
+    ruid: str
+
+    @classmethod
+    def of(cls, msg: Mapping[str, Any]) -> _Echo:
+        def text(name: str) -> str:
+            value = msg.get(name)
+            return value if isinstance(value, str) else ""
+
+        return cls(text("id"), text("kind"), text("prid"), text("aor"), text("ruid"))

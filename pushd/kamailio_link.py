@@ -25,10 +25,10 @@ from typing import Any
 from pushd.metrics import Metrics
 from pushd.netstring import Decoder, NetstringError, encode
 from pushd.retry import RetryPolicy, next_delay
+from pushgate import wire
 
 log = logging.getLogger("pushd.link")
 
-PROTOCOL_VERSION = 1
 _READ_SIZE = 65536
 
 
@@ -168,13 +168,7 @@ class KamailioLink:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str
     ) -> bool:
         """Serve one connection until it drops or we stop; True if Kamailio welcomed us."""
-        hello = {
-            "type": "hello",
-            "secret": secret,
-            "version": PROTOCOL_VERSION,
-            "agent": _agent(),
-        }
-        writer.write(encode(hello))
+        writer.write(encode(wire.Hello(secret=secret, agent=_agent()).message()))
         tasks = {
             asyncio.create_task(self._read_loop(reader), name="evapi-read"),
             asyncio.create_task(self._write_loop(writer), name="evapi-write"),
@@ -215,11 +209,20 @@ class KamailioLink:
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
-        if kind == "welcome":
-            if msg.get("version") != PROTOCOL_VERSION:
-                log.warning("kamailio speaks protocol version %r", msg.get("version"))
+        if kind == wire.MessageType.WELCOME:
+            try:
+                version = wire.parse_welcome(msg).version
+            except wire.WireError as exc:
+                log.warning("kamailio's welcome is malformed (%s); taking it as one", exc)
+            else:
+                if version != wire.VERSION:
+                    log.warning(
+                        "kamailio speaks channel protocol version %d, pushd %d",
+                        version,
+                        wire.VERSION,
+                    )
             self._authenticate()
-        elif kind == "push":
+        elif kind == wire.MessageType.PUSH:
             # Kamailio sends pushes only to connections it tagged after our hello, so a
             # push is as good as a welcome (covers a lost or absent welcome).
             self._authenticate()

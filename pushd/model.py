@@ -3,7 +3,8 @@
 Providers (``apns.py``, ``fcm.py``) take a :class:`PushRequest` and return a
 :class:`PushResult`; the classification of a provider's answer into a
 :class:`Verdict` is pure and lives beside each provider (``apns_errors.py``,
-``fcm_errors.py``).
+``fcm_errors.py``). The verdicts and push kinds are the channel's own
+(``pushgate.wire``): one vocabulary on both sides of it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from pushgate.wire import PushKind, Verdict
+
+__all__ = [
+    "Environment",
+    "Provider",
+    "ProviderName",
+    "PushKind",
+    "PushRequest",
+    "PushResult",
+    "Verdict",
+]
 
 
 class ProviderName(enum.StrEnum):
@@ -21,31 +34,11 @@ class ProviderName(enum.StrEnum):
     WEBPUSH = "webpush"
 
 
-class PushKind(enum.StrEnum):
-    """Why we push; decides the APNs push type / FCM priority."""
-
-    CALL = "call"  # incoming call: APNs VoIP (PushKit), FCM high-priority data
-    MESSAGE = "message"  # SIP MESSAGE notice: APNs alert, FCM high-priority data
-    CANCEL = "cancel"  # call cancelled / answered elsewhere notice
-    MISSED = "missed"  # missed-call notice: APNs alert
-    REFRESH = "refresh"  # binding refresh: ask the app to re-REGISTER
-
-
 class Environment(enum.StrEnum):
     """APNs environment; FCM has only production."""
 
     PRODUCTION = "production"
     SANDBOX = "sandbox"
-
-
-class Verdict(enum.StrEnum):
-    """What a provider's answer means for us."""
-
-    DELIVERED = "delivered"  # accepted by the provider
-    RETRY = "retry"  # transient: try again after PushResult.retry_after (or backoff)
-    DELETE_TOKEN = "delete_token"  # token is dead for good: remove the binding
-    CONFIG_ERROR = "config_error"  # our credentials/topic/project are wrong: operator must fix
-    GIVE_UP = "give_up"  # permanent for this push, token may still be fine
 
 
 @dataclass(frozen=True, kw_only=True)

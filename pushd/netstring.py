@@ -1,8 +1,9 @@
 """Netstring framing of JSON objects, as Kamailio's evapi speaks it (sans-IO).
 
 A frame is ``<decimal length>:<payload>,`` (djb's netstrings); the payload is one UTF-8
-JSON object. :func:`encode` builds a frame, :class:`Decoder` turns a byte stream into
-objects one ``feed`` at a time. Nothing here touches a socket.
+JSON object, written as ``pushgate.wire.encode`` writes it (ASCII). :func:`encode` builds
+a frame, :class:`Decoder` turns a byte stream into objects one ``feed`` at a time.
+Nothing here touches a socket.
 
 Any framing or payload error is fatal to the stream: after one bad frame we cannot know
 where the next one starts, so the connection must be dropped and re-established.
@@ -14,6 +15,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pushgate import wire
+
 MAX_SIZE = 64 * 1024
 """Largest payload accepted (bytes). A push request is well under 2 KiB."""
 
@@ -24,13 +27,7 @@ class NetstringError(ValueError):
 
 def encode(obj: Mapping[str, Any], max_size: int = MAX_SIZE) -> bytes:
     """One JSON object as a netstring frame."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-    try:
-        payload = text.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (echoed from a push's aor or ruid) has no UTF-8: send it as the
-        # \udcff escape it arrived in; the reader's json.loads gives back the same string.
-        payload = json.dumps(obj, separators=(",", ":")).encode("ascii")
+    payload = wire.encode(obj).encode("ascii")
     if len(payload) > max_size:
         raise NetstringError(f"message of {len(payload)} bytes exceeds the {max_size} byte limit")
     return b"%d:%s," % (len(payload), payload)

@@ -21,7 +21,7 @@ Rules (the planner is pure, so they are unit-tested without a database):
   breaks Apple's PushKit rules (see docs/refresh.md).
 
 Results stay in pushd, except ``delete_token``: that one goes to Kamailio with the
-binding's ``aor``/``ruid`` (and an id ``0:0:<n>`` that matches no held transaction), so
+binding's ``aor``/``ruid`` (and an id ``none:<n>``: no held transaction waits for it), so
 Kamailio removes the dead binding as it does for a call push.
 
 ``+sip.pnsreg`` (the UA refreshes on its own) is not recoverable from the table: usrloc
@@ -48,7 +48,7 @@ import psycopg2.extensions
 from pushd.config import Config, RefreshConfig, Secret
 from pushd.dispatch import ResultSink
 from pushd.model import PushKind, Verdict
-from pushgate import pn_params
+from pushgate import pn_params, wire
 from pushgate.pn_params import PushParams, apns_has_regular_token
 
 log = logging.getLogger("pushd.refresh")
@@ -70,8 +70,6 @@ CONNECT_DEFAULTS: Mapping[str, str] = {
 cycle within seconds, not hold the worker thread for the kernel's TCP timeout."""
 STOP_WAIT = 2.0
 """Seconds stop() waits for a query in progress (after cancelling it)."""
-REFRESH_ID_PREFIX = "0:0:"
-"""Refresh pushes have no held transaction; tm index/label 0:0 names none."""
 
 
 # -- the planner (pure) ----------------------------------------------------------------------
@@ -167,23 +165,22 @@ def due_refreshes(
     return out
 
 
-def push_message(item: DueRefresh, number: int) -> dict[str, Any]:
-    """The ``push`` message for the dispatcher (same shape Kamailio sends)."""
+def push_message(item: DueRefresh, number: int) -> wire.Push:
+    """The ``push`` for the dispatcher (the message Kamailio sends; no held call)."""
     row, push = item.row, item.push
-    return {
-        "type": "push",
-        "id": f"{REFRESH_ID_PREFIX}{number}",
-        "kind": PushKind.REFRESH.value,
-        "provider": push.raw_provider,
-        "prid": push.prid,
-        "param": push.param,
-        "aor": row.aor,
-        "ruid": row.ruid,
-        "instance": row.instance,
+    return wire.Push(
+        id=str(wire.PushId(tx=None, n=number)),
+        kind=PushKind.REFRESH,
+        provider=push.raw_provider,
+        prid=push.prid,
+        param=push.param,
+        aor=row.aor,
+        ruid=row.ruid,
+        instance=row.instance,
         # Useless once the binding is gone; also APNs expiration and FCM ttl.
-        "deadline": row.expires,
-        "data": {"kind": PushKind.REFRESH.value, "aor": row.aor},
-    }
+        deadline=row.expires,
+        data={"kind": PushKind.REFRESH.value, "aor": row.aor},
+    )
 
 
 # -- the database (blocking; runs in the refresher's worker thread) --------------------------
@@ -333,7 +330,7 @@ def _binding(row: tuple[Any, ...]) -> BindingRow:
 
 # -- the loop ----------------------------------------------------------------------------------
 
-Submit = Callable[[Mapping[str, Any], ResultSink], None]
+Submit = Callable[[wire.Push, ResultSink], None]
 """``Dispatcher.submit``: start one push, its result goes to the given sink."""
 
 
@@ -451,7 +448,7 @@ class Refresher:
         msg = push_message(item, next(self._ids))
         log.debug(
             "refresh push %s for %s ruid=%s: binding expires in %.0fs",
-            msg["id"],
+            msg.id,
             item.row.aor,
             item.row.ruid,
             item.row.expires - self._clock(),

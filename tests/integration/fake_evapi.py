@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from pushd.netstring import Decoder, encode
+from pushgate import wire
 
 SECRET = "evapi-shared-secret"
 TIMEOUT = 5.0
@@ -73,4 +74,4 @@ class FakeEvapi:
                             writer.close()  # what kamailio.cfg does on a bad secret
                             return
                         if self.welcome:
-                            writer.write(encode({"type": "welcome", "version": 1}))
+                            writer.write(encode(wire.Welcome().message()))

@@ -114,6 +114,17 @@ async def http(
     return Answer(int(status_line.split(" ")[1]), parsed, payload)
 
 
+async def exchange(port: int, request: str) -> Answer:
+    """One request as raw text (what ``http`` would not send), its answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request.encode())
+    raw = await reader.read()
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return Answer(status, {}, payload)
+
+
 def push_body(**fields: Any) -> bytes:
     msg: dict[str, Any] = {
         "kind": "call",
@@ -263,17 +274,19 @@ def test_protocol_errors(tmp_path: Path, pki: TestPki, fake_apns: Any) -> None:
             assert answer.status == 405 and answer.headers["allow"] == "POST"
             answer = await http(port, "DELETE", "/v1/health")
             assert answer.status == 405 and answer.headers["allow"] == "GET"
+            head = f"POST /v1/push HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n"
+            answer = await exchange(port, f"{head}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            assert answer.status == 411 and answer.json()["field"] == "Content-Length"
+            # What is not HTTP, or smuggles (a length and chunks, two lengths), aiohttp's
+            # parser refuses itself: a plain-text 400, not a dropped connection.
             chunked = {**AUTH, "Transfer-Encoding": "chunked"}
             answer = await http(port, "POST", "/v1/push", body=b"", headers=chunked)
-            assert answer.status == 411
+            assert answer.status == 400 and b"Transfer-Encoding" in answer.body
             twice = {**AUTH, "content-length": "2"}
             answer = await http(port, "POST", "/v1/push", body=b"{}", headers=twice)
-            assert answer.status == 400 and answer.json()["field"].lower() == "content-length"
-            # Garbage instead of HTTP still gets a JSON answer, not a dropped connection.
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"HELLO\r\n\r\n")
-            assert (await reader.read()).startswith(b"HTTP/1.1 400 ")
-            writer.close()
+            assert answer.status == 400 and b"Content-Length" in answer.body
+            answer = await exchange(port, "HELLO\r\n\r\n")
+            assert answer.status == 400
 
     run(scenario())
     assert fake_apns.pushes == []

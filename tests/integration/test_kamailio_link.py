@@ -19,6 +19,7 @@ import pytest
 from pushd.dispatch import Dispatcher
 from pushd.kamailio_link import KamailioLink
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
+from pushgate import wire
 from tests.integration.fake_evapi import SECRET, TIMEOUT, FakeEvapi
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ def test_hello_is_the_first_message_and_carries_the_secret() -> None:
         conn, hello = await server.next()
         assert conn == 0
         assert hello["type"] == "hello" and hello["secret"] == SECRET
-        assert hello["version"] == 1 and hello["agent"].startswith("pushd/")
+        assert hello["version"] == wire.VERSION and hello["agent"].startswith("pushd/")
         await link.wait_authenticated(TIMEOUT)
         await stopped(link, task)
         await server.stop()

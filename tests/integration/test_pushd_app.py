@@ -180,7 +180,7 @@ def test_daemon_in_process_with_a_given_provider(tmp_path: Path, pki: TestPki) -
         assert (await result_for(server, "p2"))["reason"] == "provider fcm not configured"
         await daemon.stop()
         assert provider.closed
-        assert daemon.metrics.pushes_total.get("apns", "delivered") == 1
+        assert daemon.metrics.value("pushd_pushes_total", provider="apns", verdict="delivered") == 1
         await server.stop()
 
     run(scenario())

@@ -273,7 +273,7 @@ def test_dead_token_is_reported_for_removal(
         assert result["verdict"] == "delete_token"
         assert result["aor"] == "sip:frank@example.com"
         assert result["ruid"] == ruid
-        assert str(result["id"]).startswith("0:0:")
+        assert str(result["id"]).startswith("none:")
 
     run(scenario())
 
@@ -352,7 +352,7 @@ def test_daemon_runs_the_refresher_from_its_config(
             assert msg["type"] == "result"
             assert msg["verdict"] == "delete_token"
             assert msg["ruid"] == dead_ruid and msg["aor"] == "sip:ivan@example.com"
-            assert str(msg["id"]).startswith("0:0:")
+            assert str(msg["id"]).startswith("none:")
             # judy's push was delivered: no result for it, and no second push for anyone.
             assert await server.nothing_within(2.5)
         finally:

@@ -224,8 +224,8 @@ def test_delivered_result_message() -> None:
     }
     assert isinstance(ms, float) and 0 <= ms < 1000
     assert provider.sends[0][1].topic == "com.example.app.voip"
-    assert d.metrics.pushes_total.get("apns", "delivered") == 1
-    assert d.metrics.push_seconds.series[(("provider", "apns"),)].count == 1
+    assert d.metrics.value("pushd_pushes_total", provider="apns", verdict="delivered") == 1
+    assert d.metrics.value("pushd_push_seconds_count", provider="apns") == 1
 
 
 def test_retry_then_success() -> None:
@@ -233,7 +233,7 @@ def test_retry_then_success() -> None:
     run(dispatch(d, push()))
     assert results[0]["verdict"] == "delivered" and results[0]["attempts"] == 3
     assert len(provider.sends) == 3
-    assert d.metrics.attempts_total.get("apns", "retry") == 2
+    assert d.metrics.value("pushd_push_attempts_total", provider="apns", verdict="retry") == 2
 
 
 def test_retry_after_is_honoured() -> None:
@@ -257,7 +257,7 @@ def test_deadline_stops_retries_and_keeps_the_last_reason() -> None:
     assert (result["status"], result["reason"]) == (503, "ServiceUnavailable")
     assert 2 <= result["attempts"] == len(provider.sends) <= 12
     assert elapsed < 0.3
-    assert d.metrics.pushes_total.get("apns", "give_up") == 1
+    assert d.metrics.value("pushd_pushes_total", provider="apns", verdict="give_up") == 1
 
 
 def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
@@ -308,7 +308,12 @@ def test_config_error_is_logged_once_then_counted(caplog: pytest.LogCaptureFixtu
     assert NOT_FOR_TOPIC.hint in errors[0].getMessage()  # the classifier's hint, verbatim
     assert "'com.example.app.voip'" in errors[0].getMessage()
     assert "key_id" in errors[1].getMessage()
-    assert d.metrics.config_errors_total.get("apns", "DeviceTokenNotForTopic") == 3
+    assert (
+        d.metrics.value(
+            "pushd_config_errors_total", provider="apns", reason="DeviceTokenNotForTopic"
+        )
+        == 3
+    )
 
 
 def test_fcm_config_error_logs_one_error_line_with_the_classifier_hint(
@@ -363,8 +368,8 @@ def test_delivered_pushes_log_at_debug_failures_at_warning_all_are_counted(
     lines = {r.getMessage().split(":")[0]: r.levelno for r in caplog.records}
     assert lines[f"push 'ok' apns call {VOIP_TOKEN[:8]}…(64)"] == logging.DEBUG
     assert lines[f"push 'gone' apns call {VOIP_TOKEN[:8]}…(64)"] == logging.WARNING
-    assert d.metrics.pushes_total.get("apns", "delivered") == 1
-    assert d.metrics.pushes_total.get("apns", "delete_token") == 1
+    assert d.metrics.value("pushd_pushes_total", provider="apns", verdict="delivered") == 1
+    assert d.metrics.value("pushd_pushes_total", provider="apns", verdict="delete_token") == 1
 
 
 def test_at_info_a_delivered_push_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:

@@ -3,7 +3,7 @@
 Each case is a ``push`` (Kamailio -> pushd) or a ``result`` (pushd -> Kamailio) built
 from real values, with fields replaced by wrong types, huge numbers, NaN, injection
 strings and deep nesting, sometimes with the JSON text itself mutated. It goes through
-Kamailio's parsers (``pushgate.wire.parse_message`` / ``parse_result``, as
+Kamailio's parsers (``pushgate.wire.decode`` / ``parse_result``, as
 ``kemi/pushd_channel.py`` calls them) and pushd's (``pushd.netstring.Decoder`` and
 ``pushd.dispatch.build_request``, as ``pushd.kamailio_link`` and the dispatcher do).
 
@@ -222,12 +222,12 @@ def as_text(msg: dict[str, Any], b: hostile.Bits) -> str:
 
 # ----- what Kamailio accepts (pushgate.wire) ----------------------------------------------------
 
-WIRE_FIELDS = ("type", "id", "verdict", "status", "reason", "aor", "ruid", "ms")
+WIRE_FIELDS = ("type", "id", "verdict", "status", "reason", "aor", "ruid", "attempts", "ms")
 
 
 def kamailio_side(text: str) -> None:
     try:
-        msg = wire.parse_message(text)
+        msg = wire.decode(text)
     except WireError as exc:
         assert str(exc).startswith(("not JSON", "type: ")), exc
         return
@@ -241,7 +241,7 @@ def kamailio_side(text: str) -> None:
         return
     # Accepted: every field is what the protocol says, nothing coerced from another type.
     assert result.verdict in wire.FINAL_VERDICTS
-    assert str(result.hold_id) == msg["id"], msg["id"]
+    assert result.id == msg["id"] and wire.PushId.parse(result.id)
     assert result.status is None or (type(result.status) is int and 100 <= result.status <= 599)
     assert result.status == msg.get("status")
     assert result.reason is None or (
@@ -254,7 +254,18 @@ def kamailio_side(text: str) -> None:
 
 # ----- what pushd accepts (pushd.netstring + pushd.dispatch) --------------------------------------
 
-PUSH_FIELDS = ("kind", "deadline", "provider", "prid", "param", "data")
+PUSH_FIELDS = (
+    "id",
+    "kind",
+    "deadline",
+    "provider",
+    "prid",
+    "param",
+    "data",
+    "aor",
+    "ruid",
+    "instance",
+)
 
 
 def pushd_side(text: str) -> None:
@@ -308,11 +319,11 @@ def result_goes_back(push: dict[str, Any]) -> None:
         return
     (payload,) = re.findall(rb"^\d+:(.*),$", frame, re.S)
     try:
-        ours = str(wire.HoldId.parse(push.get("id"))) == push.get("id")  # an id Kamailio wrote
+        ours = wire.PushId.parse(push.get("id")) is not None  # an id Kamailio wrote
     except WireError:
         ours = False
     if ours and all(isinstance(push.get(k), str | None) for k in ("aor", "ruid")):
-        wire.parse_result(wire.parse_message(payload.decode("utf-8")))
+        wire.parse_result(wire.decode(payload.decode("utf-8")))
 
 
 @hostile.cases()
@@ -326,7 +337,7 @@ def test_hostile_channel_messages_through_both_ends(b: hostile.Bits) -> None:
     if untouched and msg["type"] == "push" and text == json.dumps(msg):
         dispatch.build_request(msg, DEFAULTS)  # a real push is accepted
     if untouched and msg["type"] == "result" and text == json.dumps(msg):
-        wire.parse_result(wire.parse_message(text))  # a real result is accepted
+        wire.parse_result(wire.decode(text))  # a real result is accepted
 
 
 @hostile.cases(500)
@@ -369,10 +380,10 @@ def test_a_push_kamailio_writes_is_read_by_pushd_as_written(
 ) -> None:
     # Kamailio fills data from the caller's INVITE: a 25,000-character display name made
     # a push pushd refused as a frame (connection dropped, resent, dropped, ...).
-    hold_id = wire.HoldId(index=index, label=label, n=n)
+    hold_id = wire.PushId(tx=wire.Tx(index, label) if index or label else None, n=n)
     try:
         text = wire.push_message(
-            hold_id=hold_id, kind="call", provider="apns", prid=prid,
+            push_id=hold_id, kind="call", provider="apns", prid=prid,
             param="ABCDE12345.com.example.app.voip", aor="sip:a@d", ruid="r",
             instance=instance, deadline=NOW + 30,
             data={"call_id": caller, "caller": caller, "caller_name": caller},
@@ -383,7 +394,7 @@ def test_a_push_kamailio_writes_is_read_by_pushd_as_written(
         return
     assert len(text) <= wire.MAX_MESSAGE
     (msg,) = netstring.Decoder().feed(netstring.encode(json.loads(text)))
-    assert wire.HoldId.parse(msg["id"]) == hold_id
+    assert wire.PushId.parse(msg["id"]) == hold_id
     assert msg["data"]["caller"] == caller[: wire.MAX_TEXT] and msg["prid"] == prid
     try:
         request = dispatch.build_request(msg, DEFAULTS)

@@ -135,8 +135,8 @@ def test_two_calls_held_for_one_aor_are_kept_apart(ksr: fake_ksr.FakeKSR) -> Non
 
 def result(verdict: str, n: int = 0) -> wire.Result:
     return wire.Result(
-        hold_id=wire.HoldId(index=5, label=9, n=n),
-        verdict=verdict,
+        id=f"5:9:{n}",
+        verdict=wire.Verdict(verdict),
         status=410 if verdict == "delete_token" else 200,
         reason=None,
         aor=HELD.uri,

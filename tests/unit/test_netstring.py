@@ -11,9 +11,13 @@ def test_encode_is_compact_json_in_a_netstring() -> None:
     assert encode({"type": "hello", "n": 1}) == b'22:{"type":"hello","n":1},'
 
 
-def test_encode_counts_bytes_not_characters() -> None:
-    frame = encode({"a": "é"})
-    assert frame == b'10:{"a":"\xc3\xa9"},'
+def test_encode_writes_ascii_as_both_ends_of_the_channel_do() -> None:
+    # pushgate.wire.encode: non-ASCII (and a lone surrogate) as \u escapes.
+    assert encode({"a": "é", "b": "\udcff"}) == b'27:{"a":"\\u00e9","b":"\\udcff"},'
+
+
+def test_decoder_counts_bytes_not_characters() -> None:
+    assert Decoder().feed(b'10:{"a":"\xc3\xa9"},') == [{"a": "é"}]
 
 
 def test_roundtrip_of_several_frames_in_one_feed() -> None:

@@ -169,11 +169,11 @@ def test_order_and_one_push_per_lifetime() -> None:
 def test_push_message_goes_through_the_dispatcher_validation() -> None:
     (due,) = due_refreshes([row()], NOW, LEAD, set())
     msg = push_message(due, 7)
-    assert msg["id"] == "0:0:7"
-    assert msg["kind"] == "refresh"
-    assert msg["aor"] == "sip:alice@example.com"
-    assert msg["ruid"] == "ruid-1"
-    assert msg["deadline"] == NOW + 100
+    assert msg.id == "none:7"
+    assert msg.kind == "refresh"
+    assert msg.aor == "sip:alice@example.com"
+    assert msg.ruid == "ruid-1"
+    assert msg.deadline == NOW + 100
     request = build_request(msg, RequestDefaults())
     assert request.kind is PushKind.REFRESH
     assert request.deadline == NOW + 100
@@ -237,7 +237,7 @@ def make(
     clock = Clock()
     refresher = Refresher(
         SETTINGS,
-        lambda msg, sink: submitted.append((dict(msg), sink)),
+        lambda msg, sink: submitted.append((msg.message(), sink)),
         reported.append,
         source=table,
         clock=clock,
@@ -310,7 +310,7 @@ def test_delete_token_goes_to_kamailio() -> None:
     assert reported[0]["verdict"] == "delete_token"
     assert reported[0]["aor"] == "sip:alice@example.com"
     assert reported[0]["ruid"] == "ruid-1"
-    assert reported[0]["id"].startswith("0:0:")
+    assert reported[0]["id"].startswith("none:")
     assert refresher.in_flight == 0
 
 
