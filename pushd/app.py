@@ -58,10 +58,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def build_providers(
     config: Config, only: Collection[ProviderName] | None = None
 ) -> dict[ProviderName, Provider]:
-    """Construct the configured providers (call inside the running loop: aioapns needs it).
+    """Construct the configured providers (call inside the running loop: the providers' clients bind to it).
 
     The provider modules are imported here, not at the top, so the rest of pushd (and its
-    tests) loads without aioapns/google-auth being importable.
+    tests) loads without h2/google-auth/pywebpush being importable.
     """
     providers: dict[ProviderName, Provider] = {}
     if config.apns is not None and (only is None or ProviderName.APNS in only):

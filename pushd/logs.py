@@ -114,7 +114,7 @@ def setup(
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    # Libraries stay at WARNING: aioapns logs every non-200 at ERROR on its own, and
-    # google-auth / urllib3 are chatty at INFO.
+    # Libraries stay at WARNING: hpack logs header values (a JWT,
+    # device tokens) at DEBUG, and google-auth / urllib3 are chatty at INFO.
     root.setLevel(logging.WARNING)
     logging.getLogger("pushd").setLevel(level.upper())

@@ -60,7 +60,7 @@ class TestPki:
     bundle: str
 
     def apns_key_pem(self) -> str:
-        """The ``.p8`` content, as aioapns wants it (``key=``)."""
+        """The ``.p8`` content, as Apple hands it out."""
         return self.apns_key.read_text()
 
 
@@ -193,7 +193,7 @@ def _client_certificate(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
-    # Apple's push certificates carry the bundle ID as UID; aioapns and APNs read the topic
+    # Apple's push certificates carry the bundle ID as UID; APNs reads the topic
     # from there.
     name = x509.Name(
         [

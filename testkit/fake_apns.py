@@ -3,14 +3,14 @@
 Built on asyncio and the sans-IO ``h2`` library (RFC 9113). What it does:
 
 * ``POST /3/device/<hex token>`` over TLS 1.2+. ALPN ``h2`` is offered, but a client that
-  sends no ALPN (aioapns) is spoken to in HTTP/2 with prior knowledge.
+  sends no ALPN is spoken to in HTTP/2 with prior knowledge.
 * Token auth: an ES256 JWT (``kid`` known, ``iss`` = team, ``iat`` at most an hour old) in
   ``authorization: bearer``. Certificate auth: a client certificate signed by the test CA;
   its ``UID`` is the bundle and it replaces the JWT.
 * Checks topic, push type, priority, expiration, collapse id, apns-id, token and payload
   size, answering with Apple's status and ``reason`` (see ``FakeApns._check``).
-* A 200 is a HEADERS frame with END_STREAM and *no* DATA frame (aioapns parses every DATA
-  frame as JSON). Every answer echoes ``apns-id`` (generated if the request had none).
+* A 200 is a HEADERS frame with END_STREAM and *no* DATA frame (as Apple answers: a client
+  must not expect a body). Every answer echoes ``apns-id`` (generated if the request had none).
 * Advertises ``MAX_CONCURRENT_STREAMS`` 1 until a request carries a valid JWT, then 1000.
 * Canned answers per token (:meth:`FakeApns.script`), and sticky ones from a JSON control
   file that is re-read whenever it changes.
@@ -655,7 +655,7 @@ class _ServerConnection(asyncio.Protocol):
                 self._h2.send_data(stream_id, verdict.body, end_stream=True)
             return
         if verdict.status == 200:
-            # No DATA frame: aioapns would json.loads(b"") and drop the connection.
+            # No DATA frame, as Apple answers a 200.
             self._h2.send_headers(stream_id, headers, end_stream=True)
             return
         body: dict[str, Any] = {"reason": verdict.reason or "InternalServerError"}

@@ -7,8 +7,7 @@ fake rather than the client once the client goes beyond ~3,000-4,500 pushes/s.
 speaking real HTTP/2 over TLS with the test PKI's server certificate:
 
 * ``POST /3/device/<token>``: ``200``, ``apns-id`` echoed from the request, no body (one
-  HEADERS frame with END_STREAM, as Apple answers; aioapns parses every DATA frame as
-  JSON), the request body is discarded;
+  HEADERS frame with END_STREAM, as Apple answers), the request body is discarded;
 * another method on that path: ``405``; any other path: ``404``.
 
 nginx answers once it has the HEADERS frame, before the body, and then ends each stream

@@ -354,7 +354,7 @@ def test_one_connection_carries_many_pushes_at_once(pki: TestPki, apns: FakeApns
     """The raise to 1000 streams (after the first valid JWT) is usable on that connection.
 
     Every answer is held back 0.5 s, so the pushes the fake receives before the first
-    answer are the ones that were in flight together. aioapns 4.0 alone manages 2.
+    answer are the ones that were in flight together. (aioapns 4.0, used before, managed 2.)
     """
     tok = token(16)
     apns.script(tok, 200, delay=0.5)  # forever
@@ -406,8 +406,8 @@ def test_a_push_cancelled_from_outside_does_not_break_the_connection(
 def test_a_connection_keeps_answering_after_64_kib_of_error_bodies(
     pki: TestPki, apns: FakeApnsThread
 ) -> None:
-    """Error answers carry a JSON body; aioapns never gave that data back as flow-control
-    window, so after ~64 KiB of them a connection could receive no further answer."""
+    """Error answers carry a JSON body; a client that never hands that data back as
+    flow-control window receives no further answer after ~64 KiB of them."""
     count = 2500  # x ~35 bytes of {"reason": "BadExpirationDate"}: over 64 KiB
     tokens = [token(n % 200 + 20) for n in range(count)]
     for tok in set(tokens):
@@ -434,7 +434,7 @@ def test_an_error_answer_that_is_not_apns_json_is_still_an_answer(
     pki: TestPki, apns: FakeApnsThread, body: bytes
 ) -> None:
     """A proxy in front of APNs may answer 502 with HTML, or nothing: the push gets its
-    verdict at once (aioapns waited for the timeout, or broke the connection)."""
+    verdict at once (not at the timeout, and the connection stays usable)."""
     tok = token(30)
     apns.script(tok, 502, times=1, body=body)
     settings = token_settings(pki, apns.port, timeout=3.0)

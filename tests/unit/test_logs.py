@@ -56,8 +56,8 @@ def test_libraries_stay_at_warning(restore_logging: None) -> None:
     out = io.StringIO()
     logs.setup("debug", "text", stream=out)
     logging.getLogger("urllib3").info("chatter")
-    logging.getLogger("aioapns").warning("worth seeing")
-    assert "chatter" not in out.getvalue() and "aioapns: worth seeing" in out.getvalue()
+    logging.getLogger("h2").warning("worth seeing")
+    assert "chatter" not in out.getvalue() and "h2: worth seeing" in out.getvalue()
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
