@@ -58,7 +58,7 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 def build_providers(
     config: Config, only: Collection[ProviderName] | None = None
 ) -> dict[ProviderName, Provider]:
-    """Construct the configured providers (call inside the running loop: the providers' clients bind to it).
+    """Construct the configured providers (inside the running loop: their clients bind to it).
 
     The provider modules are imported here, not at the top, so the rest of pushd (and its
     tests) loads without h2/google-auth/pywebpush being importable.
