@@ -289,7 +289,9 @@ class Hooks:
             )
         if not KSR.is_INVITE() or not decision.push:
             return False
-        if decision.action is not Action.RELAY and capacity.short_of_shm(self.settings.shm_reserve):
+        if decision.action is not Action.RELAY and capacity.short_of_shm(
+            self.settings.shm_reserve, self.settings.wake_shm
+        ):
             capacity.refuse(aor, "shm")
             return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A

@@ -43,6 +43,8 @@ class Settings:
     """Edge mode: outbound's ``flow_token_secret`` (PUSHGATE_EDGE_FLOW_SECRET)."""
     shm_reserve: int = 0
     """Bytes of shared memory that must stay free to hold a new call (kemi/capacity.py)."""
+    wake_shm: int = 0
+    """Bytes of shared memory kept free for each held call's wake-up (kemi/capacity.py)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -71,6 +73,7 @@ class Settings:
             edge=KSR.pv.get("$def(PUSHGATE_EDGE)") is not None,
             flow_secret=define("PUSHGATE_EDGE_FLOW_SECRET", ""),
             shm_reserve=define_int("PUSHGATE_SHM_RESERVE", 16) * 2**20,
+            wake_shm=define_int("PUSHGATE_WAKE_SHM", 25) * 2**10,
         )
 
 
