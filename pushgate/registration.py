@@ -24,6 +24,9 @@ class RegisterCheck:
     providers: tuple[str, ...] = ()
     adds_binding: bool = False
     """At least one Contact is added or refreshed (not ``*``, not expires=0)."""
+    instances: tuple[tuple[str, str], ...] = ()
+    """(Contact, its ``+sip.instance`` in usrloc form) of each Contact that has one, as
+    parsed here: what runs after ``save()`` need not parse the Contacts again."""
 
 
 def contact_expires(contact: str, expires_header: int | None) -> int | None:
@@ -61,11 +64,15 @@ def check_register(
     pnsreg = False
     adds = False
     devices: dict[str, pn_params.PushParams] = {}
+    instances: list[tuple[str, str]] = []
     for contact in contacts:
         if contact.strip() == "*":
             continue
         # Each Contact's header parameters parsed once (a REGISTER's hottest Python).
         header_params = sipmsg.contact_params(contact)
+        instance = wake_token.normalise_instance(header_params.get("+sip.instance", ""))
+        if instance:
+            instances.append((contact, instance))
         expires = _expires(header_params, expires_header)
         adds = adds or expires != 0
         uri = sipmsg.contact_uri(contact)
@@ -109,7 +116,6 @@ def check_register(
                 warning=f"expires {expires}s is too short to push before expiry",
             )
         if expires != 0:
-            instance = wake_token.contact_instance(contact)
             if instance:
                 # One device, one app, one set of push params: which of two would we push?
                 clash = _difference(devices.setdefault(instance, push), push)
@@ -118,7 +124,9 @@ def check_register(
             providers.append(push.provider)
             pnsreg = pnsreg or "+sip.pnsreg" in header_params
     if already_has_pns or not providers:
-        return RegisterCheck(providers=tuple(providers), adds_binding=adds)
+        return RegisterCheck(
+            providers=tuple(providers), adds_binding=adds, instances=tuple(instances)
+        )
     headers = []
     # Normalised names only (apns, fcm): never a value as the phone sent it.
     for provider in dict.fromkeys(providers):
@@ -127,7 +135,10 @@ def check_register(
             caps += f';+sip.pnsreg="{PNSREG_SECONDS}"'
         headers.append(caps)
     return RegisterCheck(
-        extra_headers=tuple(headers), providers=tuple(providers), adds_binding=adds
+        extra_headers=tuple(headers),
+        providers=tuple(providers),
+        adds_binding=adds,
+        instances=tuple(instances),
     )
 
 

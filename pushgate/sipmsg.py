@@ -54,25 +54,24 @@ def contact_params(contact: str) -> dict[str, str]:
     return params
 
 
+# A run without ';' or '"', a quoted string (``\\`` escapes inside it; unterminated: to
+# the end), or a ';'. The alternatives never overlap: linear time, no backtracking.
+_PARAM_TOKEN = re.compile(r'[^;"]+|"(?:[^"\\]|\\[\s\S])*"?|;')
+
+
 def _split_params(text: str) -> list[str]:
     """Split at every ``;`` outside a quoted string (``\\`` escapes inside quotes).
 
-    One pass: this runs before digest authentication (a REGISTER's wake token is checked
-    against its Contacts' +sip.instance), on Contacts of up to a whole SIP message.
+    This runs before digest authentication (a REGISTER's wake token is checked against
+    its Contacts' +sip.instance), on Contacts of up to a whole SIP message: the regex
+    takes whole runs at once, a few tokens per Contact instead of a loop per character.
     """
     out: list[str] = []
     start = 0
-    quoted = escaped = False
-    for i, ch in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted and ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == ";" and not quoted:
-            out.append(text[start:i])
-            start = i + 1
+    for m in _PARAM_TOKEN.finditer(text):
+        if m.group() == ";":
+            out.append(text[start : m.start()])
+            start = m.end()
     out.append(text[start:])
     return out
 
