@@ -173,36 +173,61 @@ def test_pushes_a_killed_pushd_took_along_are_sent_by_the_next_one(
     assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
 
 
-def test_an_invite_flood_to_a_sleeping_user_pushes_once_and_spares_other_users(
+FLOOD_CALLS, FLOOD_RATE = 1000, 100  # the 1,000 INVITEs in 10 s to one AoR
+
+
+def test_an_invite_flood_to_a_sleeping_user_pushes_within_the_limits_and_spares_others(
     make_stack: MakeStack,
 ) -> None:
     stack = make_stack(hold_timeout=3)
     victim, other = stack.phone("dora"), stack.phone("eric")
     stack.register_and_sleep(victim)
     stack.register_and_sleep(other)
+    started = time.monotonic()
     flood = sipp.start(
         "caller_fail",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
         keys={"domain": DOMAIN, "callee": "dora", "caller_domain": FOREIGN_DOMAIN},
-        calls=40,
-        rate=40,
+        calls=FLOOD_CALLS,
+        rate=FLOOD_RATE,
         label="flood",
     )
-    assert flood.wait(30) == 0, flood.output()[-2000:]
-    assert stack.apns is not None
-    # One VoIP push (every later call waits for its wake-up or is turned away at once),
-    # one missed-call alert for the call that pushed: not 40 of each.
-    stack.apns.wait_for_pushes(2, timeout=5)
-    to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
-    assert sorted(to_victim) == ["alert", "voip"]
-    finals = [m.splitlines()[0] for m in flood.received() if m.startswith("SIP/2.0 4")]
-    assert sum(" 486 " in f for f in finals) >= 30  # answered at once: too many waiting
-    assert stack.count_events("push_limited") >= 30
-    # Another user is pushed as usual.
+    # Mid-flood, another user is called: pushed as usual, its call held to the timeout.
+    wait_until(lambda: stack.count_events("push_limited") >= 100, 20, "the flood's refusals")
     caller = stack.call("eric", expect_answer=False, label="eric")
-    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert caller.wait(15) == 0, caller.output()[-2000:]
+    assert caller.final_response() == (480, 'SIP;cause=480;text="Device did not wake up"')
+    assert flood.wait(FLOOD_CALLS / FLOOD_RATE + 30) == 0, flood.output()[-2000:]
+    flood_seconds = time.monotonic() - started
+    assert stack.apns is not None
     assert [p.push_type for p in stack.apns.pushes if p.token == other.token][:1] == ["voip"]
+    # One caller: at most PUSHGATE_CALLER_PUSHES (3) VoIP pushes to dora per window, each
+    # with its missed-call alert; every other INVITE answered at once (486: too many
+    # waiting; 480: push limit reached), none held past the hold timeout.
+    to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
+    assert 1 <= to_victim.count("voip") <= 3, to_victim
+    wait_until(
+        lambda: [p.push_type for p in stack.apns.pushes if p.token == victim.token].count(
+            "alert"
+        )
+        == to_victim.count("voip"),
+        10,
+        "a missed-call alert per call push",
+    )
+    finals = [m for m in flood.received() if m.startswith("SIP/2.0 4")]
+    limited = stack.count_events("push_limited")
+    held = len(stack.events("hold_timeout")) - 1  # eric's call timed out too
+    assert limited + held == FLOOD_CALLS, (limited, held)
+    # PUSHGATE_MAX_HELD (4) at a time, each held up to the hold timeout (3 s).
+    assert held <= 4 * (flood_seconds / 3 + 1), (held, flood_seconds)
+    assert len(finals) >= FLOOD_CALLS
+    assert {f.split(" ", 2)[1] for f in finals} <= {"480", "486"}
+    assert all("\nReason: SIP;cause=48" in f for f in finals)
+    print(
+        f"flood: {FLOOD_CALLS} INVITEs at {FLOOD_RATE}/s done in {flood_seconds:.1f} s:"
+        f" {to_victim.count('voip')} VoIP pushes, {held} held, {limited} answered at once"
+    )
 
 
 def test_database_down_gives_honest_answers_and_service_comes_back(
