@@ -208,10 +208,10 @@ def test_an_invite_flood_to_a_sleeping_user_pushes_within_the_limits_and_spares_
     to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
     assert 1 <= to_victim.count("voip") <= 3, to_victim
     wait_until(
-        lambda: [p.push_type for p in stack.apns.pushes if p.token == victim.token].count(
-            "alert"
-        )
-        == to_victim.count("voip"),
+        lambda: (
+            [p.push_type for p in stack.apns.pushes if p.token == victim.token].count("alert")
+            == to_victim.count("voip")
+        ),
         10,
         "a missed-call alert per call push",
     )
