@@ -15,7 +15,14 @@ from testkit import sipp
 from testkit.certs import TestPki
 from testkit.postgres import start_cluster
 from testkit.procs import free_port, wait_until
-from testkit.stack import DOMAIN, FOREIGN_DOMAIN, Stack, world_readable_tempdir
+from testkit.stack import (
+    DOMAIN,
+    FOREIGN_DOMAIN,
+    SIPP_SETUP_FAILED,
+    Phone,
+    Stack,
+    world_readable_tempdir,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -127,50 +134,99 @@ def test_no_notice_goes_to_a_token_the_provider_called_dead(make_stack: MakeStac
     assert [p.push_type for p in stack.apns.pushes if p.token == iphone.token] == ["voip"]
 
 
+KILLED_PUSHD_CALLS = 100  # the issue's burst of 100 held calls
+
+
+def register_all(stack: Stack, phones: list[Phone]) -> None:
+    """Register (and put to sleep) 20 SIPp phones at a time; one that could not set up
+    (its port taken by a neighbour under load: exit 254) is started again."""
+    for batch in range(0, len(phones), 20):
+        pending = phones[batch : batch + 20]
+        for _ in range(3):
+            runs = [(phone, stack.register(phone)) for phone in pending]
+            pending = []
+            for phone, run in runs:
+                rc = run.wait(30)
+                if rc == SIPP_SETUP_FAILED:
+                    pending.append(phone)
+                else:
+                    assert rc == 0, run.output()[-2000:]
+            if not pending:
+                break
+        assert not pending, [p.user for p in pending]
+
+
+def call_all(stack: Stack, phones: list[Phone], rate: int = 200) -> sipp.SippRun:
+    """One SIPp calling every phone once, at ``rate`` calls/s: the burst goes out in well
+    under a second even on a loaded machine (a SIPp process per call took seconds)."""
+    inf = stack.logs / "callees.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(f"{p.user};\n" for p in phones))
+    return sipp.start(
+        "caller_call_each",
+        target_port=stack.caller_port,
+        logdir=stack.logs,
+        keys={"domain": DOMAIN, "caller_domain": FOREIGN_DOMAIN},
+        calls=len(phones),
+        rate=rate,
+        pause_ms=300,
+        inf=inf,
+        label="callers",
+    )
+
+
 @pytest.mark.parametrize("read", [False, True], ids=["unread", "sent-unanswered"])
 def test_pushes_a_killed_pushd_took_along_are_sent_by_the_next_one(
     make_stack: MakeStack, read: bool
 ) -> None:
-    """Ten calls held, pushd killed (SIGKILL) with their pushes unread (hung pushd) or sent
+    """100 calls held, pushd killed (SIGKILL) with their pushes unread (hung pushd) or sent
     to APNs and not answered yet; a new pushd sends them all at once."""
-    n = 10
+    n = KILLED_PUSHD_CALLS
     stack = make_stack(hold_timeout=30)
-    phones = [stack.phone(f"user{i:02d}") for i in range(n)]
-    for phone in phones:
-        stack.register_and_sleep(phone)
+    phones = [stack.phone(f"user{i:03d}") for i in range(n)]
+    register_all(stack, phones)
     assert stack.apns is not None
     if read:
-        for phone in phones:  # APNs sits on the first answer: pushd dies waiting for it
-            stack.apns.script(phone.token, 200, times=1, delay=3.0)
+        # APNs sits on every first answer until pushd is dead: a push answered before
+        # the kill would be delivered, not outstanding (seen on a loaded machine with a
+        # 3 s delay, when the burst of pushes took longer than that to go out).
+        for phone in phones:
+            stack.apns.script(phone.token, 200, times=1, delay=120.0)
     else:
         stack.pause_pushd()  # hung: the push requests pile up unread in its socket
-    callers = [stack.call(p.user, expect_answer=True, label=f"c-{p.user}") for p in phones]
-    wait_until(lambda: stack.count_events("push_request") >= n, 20, "the push requests")
+    callers = call_all(stack, phones)
+    assert callers.proc.poll() is None, callers.output()[-2000:]
+    wait_until(lambda: stack.count_events("push_request") >= n, 60, "the push requests")
     if read:
-        stack.apns.wait_for_pushes(n, timeout=10)
+        stack.apns.wait_for_pushes(n, timeout=30)
+    assert stack.count_events("push_result") == 0  # none answered: all outstanding
+    killed = time.monotonic()
     stack.kill_pushd()
-    # Only the pushes sent from now on wake the phones.
-    woken = [stack.wake_on_push(phone) for phone in phones]
+    # Only the pushes sent from now on wake the phones; 2 s later, so that starting 100
+    # SIPp phones in this process does not slow the fake APNs while it takes the burst.
+    woken = [stack.wake_on_push(phone, delay=2.0) for phone in phones]
     stack.start_pushd()
     wait_until(lambda: stack.count_events("push_resent") == 1, 5, "the pushes sent again")
     assert [e["count"] for e in stack.events("push_resent")] == [str(n)]
-    stack.apns.wait_for_pushes(2 * n if read else n, timeout=15)
-    # Every push out soon after the new pushd's hello (0.1-0.2 s here on a quiet machine;
-    # the bound leaves room for a loaded CI box).
+    # Every push out soon after the new pushd's hello: the first within 1 s (the issue's
+    # bound; 0.1-0.2 s on a quiet machine), all within 3 s.
     connected = float(stack.events("pushd_connected")[-1]["t"]) - 0.001  # logged in ms
 
     def resent() -> list[float]:
         return sorted(wall for wall, _ in stack.push_log if wall >= connected)
 
-    wait_until(lambda: len(resent()) == n, 5, "the harness to see every push sent again")
-    assert resent()[-1] - connected < 3.0, resent()[-1] - connected
-    for caller in callers:
-        assert caller.wait(40) == 0, caller.output()[-2000:]
+    wait_until(lambda: len(resent()) == n, 10, "the harness to see every push sent again")
+    first, last = resent()[0] - connected, resent()[-1] - connected
+    assert first < 1.0, first
+    assert last < 3.0, last
+    assert callers.wait(60) == 0, callers.output()[-2000:]
+    # Every held call delivered inside its deadline (the 30 s hold timeout).
+    assert time.monotonic() - killed < 30
     assert all(len(w) >= 1 for w in woken)
     # Sent twice only when the dead pushd had sent it already (documented), never lost.
     per_token = {p.token: len(stack.apns.pushes_for(p.token)) for p in phones}
     assert set(per_token.values()) == ({2} if read else {1})
     assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
+    print(f"pushd killed with {n} held: pushes again {first:.3f}-{last:.3f} s after its hello")
 
 
 FLOOD_CALLS, FLOOD_RATE = 1000, 100  # the issue's 1,000 INVITEs in 10 s to one AoR
