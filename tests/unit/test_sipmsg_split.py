@@ -1,4 +1,4 @@
-"""sipmsg's parameter split (regex) agrees with the plain per-character loop it replaced."""
+"""sipmsg's parameter split (str methods) agrees with the plain per-character loop."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ def _split_params_per_character(text: str) -> list[str]:
     return out
 
 
-@settings(max_examples=5000)
-@given(st.text(alphabet=st.sampled_from(list(';"\\=<>ab \r\n\x00é')), max_size=60) | st.text())
+@settings(max_examples=10000)
+@given(
+    st.text(alphabet=st.sampled_from(list(';"=<>ab \r\n\x00é')), max_size=60)  # no escapes
+    | st.text(alphabet=st.sampled_from(list(';"\\=<>ab \r\n\x00é')), max_size=60)
+    | st.text()
+)
 def test_params_split_like_the_per_character_loop(text: str) -> None:
     assert sipmsg._split_params(text) == _split_params_per_character(text)
 
