@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pushgate import pn_params, sipmsg, wake_token
@@ -69,19 +70,18 @@ def check_register(
         if contact.strip() == "*":
             continue
         # Each Contact's header parameters parsed once (a REGISTER's hottest Python).
-        header_params = sipmsg.contact_params(contact)
+        uri, header_params = sipmsg.contact_parts(contact)
         instance = wake_token.normalise_instance(header_params.get("+sip.instance", ""))
         if instance:
             instances.append((contact, instance))
         expires = _expires(header_params, expires_header)
         adds = adds or expires != 0
-        uri = sipmsg.contact_uri(contact)
         try:
             params = pn_params.uri_params(uri)
         except pn_params.PnError as exc:
             return _bad(str(exc))
         raw = params.get("pn-provider")
-        if raw is not None and raw.strip().lower() not in {"", *_aliases(served)}:
+        if raw is not None and raw.strip().lower() not in _accepted_providers(served):
             return RegisterCheck(
                 status=555,
                 reason="Push Notification Service Not Supported",
@@ -157,8 +157,10 @@ def _difference(first: pn_params.PushParams, other: pn_params.PushParams) -> str
     return ""
 
 
-def _aliases(served: frozenset[str]) -> set[str]:
-    out = set(served)
+@functools.lru_cache(maxsize=8)
+def _accepted_providers(served: frozenset[str]) -> frozenset[str]:
+    """pn-provider values (lower-cased) a Contact may carry: served ones, their aliases, ""."""
+    out = {"", *served}
     if "apns" in served:
         out |= {"apns.dev", "apns.prod", "apns.sandbox"}
-    return out
+    return frozenset(out)

@@ -46,12 +46,18 @@ def contact_params(contact: str) -> dict[str, str]:
     ``sip:b@h;expires=0`` both give ``expires`` -> ``0``; a URI parameter inside ``<...>``
     is never a header parameter. A parameter without a value maps to "".
     """
+    return contact_parts(contact)[1]
+
+
+def contact_parts(contact: str) -> tuple[str, dict[str, str]]:
+    """``(contact_uri(contact), contact_params(contact))``, the Contact split once."""
+    uri, tail = _split_contact(contact)
     params: dict[str, str] = {}
-    for part in _split_params(_split_contact(contact)[1]):
+    for part in _split_params(tail):
         name, _, value = part.partition("=")
         if name.strip():
             params.setdefault(name.strip().lower(), value.strip())
-    return params
+    return uri, params
 
 
 def _split_params(text: str) -> list[str]:
