@@ -199,7 +199,6 @@ def test_pushes_a_killed_pushd_took_along_are_sent_by_the_next_one(
     if read:
         stack.apns.wait_for_pushes(n, timeout=30)
     assert stack.count_events("push_result") == 0  # none answered: all outstanding
-    killed = time.monotonic()
     stack.kill_pushd()
     # Only the pushes sent from now on wake the phones; 2 s later, so that starting 100
     # SIPp phones in this process does not slow the fake APNs while it takes the burst.
@@ -218,9 +217,9 @@ def test_pushes_a_killed_pushd_took_along_are_sent_by_the_next_one(
     first, last = resent()[0] - connected, resent()[-1] - connected
     assert first < 1.0, first
     assert last < 3.0, last
+    # Every call answered by its woken phone: one whose hold (30 s) ran out would get 480
+    # and fail the callers' scenario.
     assert callers.wait(60) == 0, callers.output()[-2000:]
-    # Every held call delivered inside its deadline (the 30 s hold timeout).
-    assert time.monotonic() - killed < 30
     assert all(len(w) >= 1 for w in woken)
     # Sent twice only when the dead pushd had sent it already (documented), never lost.
     per_token = {p.token: len(stack.apns.pushes_for(p.token)) for p in phones}
