@@ -1,12 +1,12 @@
 """Held-call capacity: how many INVITEs Kamailio can hold, and what happens at the limit.
 
-    python -m bench.held_capacity [--mode wake,limit] [--calls 10000] [--shm 256]
+    python -m bench.held_capacity [--mode wake,limit] [--calls 10000] [--shm 512]
         [--limit-phones 8000] [--json FILE]
 
 Two experiments, each on a fresh stack on loopback (throwaway PostgreSQL, Kamailio with
 our kamailio.cfg, pushd, fake APNs; REG_AUTH 0, Pushgate's limits at their defaults):
 
-``wake``   with ``--shm`` MB of shared memory (default 256, what docs/performance.md
+``wake``   with ``--shm`` MB of shared memory (default 512, what docs/performance.md
            recommends for 10,000): ``--calls`` phones register and sleep (SIPp, one TCP
            connection each), ``--calls`` calls are placed, one per phone, and held
            (bench/simsip.py's UDP caller; the pushes are held back by the phones), then
@@ -350,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--mode", default="wake,limit")
     p.add_argument("--calls", type=int, default=10_000)
-    p.add_argument("--shm", type=int, default=256)
+    p.add_argument("--shm", type=int, default=512)
     p.add_argument("--hold-rate", type=float, default=300.0)
     p.add_argument("--wake-rate", type=float, default=300.0)
     p.add_argument("--limit-phones", type=int, default=8000)

@@ -26,8 +26,9 @@ runs in it too):
                           sees it: the 200 for the REGISTER comes first on that flow
 
 A size the machine cannot hold (registration or holding fails) is reported and ends the
-run; sizes above 4,000 need more than the default 64 MB of shm: ``--shm`` (default: 64,
-or 256 for N > 3,000).
+run; Pushgate holds a call only while the free shm covers its base reserve and every held
+call's wake-up (``PUSHGATE_WAKE_SHM``), so larger sizes need more than the default 64 MB:
+``--shm`` (default: 64; 128 for N > 500; 512 for N > 3,000).
 
 Bounded: at most the sizes given (N <= 20,000), ``--probes`` <= 2,000 per size, each
 wait limited; Kamailio's hold timeout (--hold-timeout, default 170 s, below tm's
@@ -123,7 +124,7 @@ async def probe_all(stack: h.BenchStack, farm: Farm, probes: list[Phone], out: S
 
 
 def run_size(n: int, args: argparse.Namespace, root: Path) -> SizeResult:
-    shm = args.shm or (256 if n > 3000 else 64)
+    shm = args.shm or (512 if n > 3000 else 128 if n > 500 else 64)
     out = SizeResult(held=n, shm_mb=shm)
     work = root / f"n{n}"
     pg = start_cluster(work / "pg")

@@ -529,7 +529,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--register-rate", type=float, default=10.0)
     p.add_argument("--error-share", type=float, default=0.05)
     p.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
-    p.add_argument("--shm", type=int, default=64)
+    p.add_argument("--shm", type=int, default=128)
     p.add_argument("--mem-manager", default="", help="Kamailio -x (qm, fm, tlsf)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE")
     p.add_argument("--plot", type=Path, default=None, metavar="PNG")

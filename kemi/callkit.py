@@ -9,6 +9,7 @@ and end the call cleanly.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import KSR
 
@@ -34,17 +35,24 @@ def remember_cancelled(settings: Settings, held: held_calls.Held, callid: str) -
 
 
 def replay_cancelled_call(
-    aor: str, contacts: list[str], flow: tuple[str, str] | None = None
+    aor: str,
+    contacts: list[str],
+    flow: tuple[str, str] | None = None,
+    instances: Sequence[tuple[str, str]] | None = None,
 ) -> None:
     """Called on a REGISTER from ``contacts``: INVITE the ones owed a cancelled call.
 
     ``flow``: (destination URI, local socket) of the device's flow, when the current
     message is not the REGISTER itself (edge mode: the upstream's 2xx to it).
+    ``instances``: (Contact, +sip.instance) of those that have one, when already parsed
+    (``RegisterCheck.instances``); otherwise ``contacts`` are parsed here.
     """
-    for contact in contacts:
-        instance = wake_token.contact_instance(contact)
+    if instances is None:
+        parsed = ((c, wake_token.contact_instance(c)) for c in contacts)
+        instances = [(c, i) for c, i in parsed if i]
+    for contact, instance in instances:
         key = wake_token.binding_key(aor, instance)
-        raw = KSR.htable.sht_get(CANCELLED, key) if instance else None
+        raw = KSR.htable.sht_get(CANCELLED, key)
         if raw is None:
             continue
         KSR.htable.sht_rm(CANCELLED, key)

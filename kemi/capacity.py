@@ -1,19 +1,23 @@
 """Room in Kamailio's shared memory for the calls it already holds.
 
 A held INVITE keeps ~17 KB of shared memory (its transaction and Pushgate's htable
-entries), and the phone pushed for it needs about as much again when it wakes: its new
-TCP connection (the connection and ``tcp_rd_buf_size``, 16 KB in kamailio.cfg), the
-REGISTER, the INVITE relayed to it. When held calls use up the shared memory, none of
+entries), and the phone pushed for it needs more when it wakes: its new TCP connection
+(the connection and ``tcp_rd_buf_size``, 16 KB in kamailio.cfg), the INVITE relayed to
+it, the ACK and BYE transactions. When held calls use up the shared memory, none of
 those phones can connect any more and every held call is lost (480 at the hold
-timeout). So Pushgate holds a new call only while more than ``PUSHGATE_SHM_RESERVE`` MB
-of shared memory are free; otherwise the caller gets 503 with Retry-After at once.
+timeout). So Pushgate holds a new call only while the free shared memory covers
+``PUSHGATE_SHM_RESERVE`` MB plus ``PUSHGATE_WAKE_SHM`` KB for every call held (this
+one included; pushgate/shm_budget.py); otherwise the caller gets 503 with Retry-After
+at once. The count of held calls is one htable item (kemi/held_calls.py), not a scan.
 """
 
 from __future__ import annotations
 
 import KSR
 
+from kemi import held_calls
 from kemi.settings import log
+from pushgate.shm_budget import room_to_hold
 
 RETRY_AFTER = 30
 
@@ -27,12 +31,12 @@ def free_shm() -> int | None:
         return None
 
 
-def short_of_shm(reserve: int) -> bool:
-    """True when less than ``reserve`` bytes of shared memory are free (0: never)."""
+def short_of_shm(reserve: int, per_wake: int = 0) -> bool:
+    """True when the free shared memory does not cover ``reserve`` bytes plus ``per_wake``
+    bytes for each call held and the new one (``reserve`` 0: never)."""
     if reserve <= 0:
         return False
-    free = free_shm()
-    return free is not None and free < reserve
+    return not room_to_hold(free_shm(), held_calls.count(), reserve, per_wake)
 
 
 def refuse(aor: str, why: str) -> None:

@@ -10,6 +10,7 @@ htable ``pushgate_aor``      aor       -> "tx,tx,..."            held calls of a
 htable ``pushgate_cid``      call-id   -> JSON Held              CANCEL / replies by Call-ID
 htable ``pushgate_pending``  tx        -> pushes outstanding     fail the call early
 htable ``pushgate_targets``  tx        -> JSON list of targets   notices to pushed devices
+htable ``pushgate_held``     "n"       -> calls held now         shm admission (capacity.py)
 
 Every lookup is by key: the cost of a REGISTER or a wake-up does not grow with the
 number of calls held for other users.
@@ -27,6 +28,8 @@ BY_AOR = "pushgate_aor"
 BY_CALLID = "pushgate_cid"
 PENDING = "pushgate_pending"
 TARGETS = "pushgate_targets"
+COUNT = "pushgate_held"
+COUNT_KEY = "n"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ def hold(held: Held, callid: str, timeout: int, targets: list[dict[str, str]]) -
     """A suspended INVITE waiting up to ``timeout`` s for one of ``targets`` to wake up."""
     ttl = timeout + 30  # outlives tm's own timer: tm ends the call, the tables follow
     KSR.htable.sht_setxs(HOLD, held.tx_key, held.aor, ttl)
+    _count_hold(ttl)
     pushed = sum(1 for t in targets if t.get("pushed"))
     KSR.htable.sht_setxi(PENDING, held.tx_key, pushed, ttl)
     KSR.htable.sht_lock(BY_AOR, held.aor)
@@ -88,18 +92,16 @@ def targets(held: Held) -> list[dict[str, str]]:
 
 def claim(tx_key: str) -> bool:
     """Take the held transaction out of the tables; False if someone else already did."""
-    # The evapi worker (push verdict), SIP workers (wake-up REGISTER, CANCEL) and tm's
-    # timer may race for the same call: check and remove under the slot's lock.
-    KSR.htable.sht_lock(HOLD, tx_key)
-    try:
-        aor = KSR.htable.sht_get(HOLD, tx_key)
-        if aor is None:
-            return False
-        KSR.htable.sht_rm(HOLD, tx_key)
-    finally:
-        KSR.htable.sht_unlock(HOLD, tx_key)
-    _drop_from_aor(str(aor), tx_key)
+    aor = _unhold(tx_key)
+    if aor is None:
+        return False
+    _drop_from_aor(aor, tx_key)
     return True
+
+
+def count() -> int:
+    """Calls held now (one htable read)."""
+    return int(KSR.htable.sht_get(COUNT, COUNT_KEY) or 0)
 
 
 def push_failed(tx_key: str) -> bool:
@@ -110,12 +112,48 @@ def push_failed(tx_key: str) -> bool:
 
 
 def forget(held: Held, callid: str) -> None:
-    if KSR.htable.sht_get(HOLD, held.tx_key) is not None:
-        KSR.htable.sht_rm(HOLD, held.tx_key)
+    if _unhold(held.tx_key) is not None:
         _drop_from_aor(held.aor, held.tx_key)
     KSR.htable.sht_rm(BY_CALLID, callid)
     KSR.htable.sht_rm(PENDING, held.tx_key)
     KSR.htable.sht_rm(TARGETS, held.tx_key)
+
+
+def _unhold(tx_key: str) -> str | None:
+    """Remove ``tx_key`` from the held calls; its AoR, or None if it was not held."""
+    # The evapi worker (push verdict), SIP workers (wake-up REGISTER, CANCEL) and tm's
+    # timer may race for the same call: check and remove under the slot's lock, so the
+    # call leaves the count exactly once.
+    KSR.htable.sht_lock(HOLD, tx_key)
+    try:
+        aor = KSR.htable.sht_get(HOLD, tx_key)
+        if aor is None:
+            return None
+        KSR.htable.sht_rm(HOLD, tx_key)
+    finally:
+        KSR.htable.sht_unlock(HOLD, tx_key)
+    _count_unhold()
+    return str(aor)
+
+
+def _count_hold(ttl: int) -> None:
+    # Each hold sets the count's expiry to its own end (the table has updateexpire=0, so
+    # a release keeps it): once no call has been held for a hold's whole life, the count
+    # is gone, i.e. 0, even if a release was ever missed.
+    KSR.htable.sht_lock(COUNT, COUNT_KEY)
+    try:
+        KSR.htable.sht_setxi(COUNT, COUNT_KEY, count() + 1, ttl)
+    finally:
+        KSR.htable.sht_unlock(COUNT, COUNT_KEY)
+
+
+def _count_unhold() -> None:
+    KSR.htable.sht_lock(COUNT, COUNT_KEY)
+    try:
+        if count() > 0:
+            KSR.htable.sht_dec(COUNT, COUNT_KEY)
+    finally:
+        KSR.htable.sht_unlock(COUNT, COUNT_KEY)
 
 
 def _drop_from_aor(aor: str, tx_key: str) -> None:

@@ -135,7 +135,8 @@ class Hooks:
         self._relaying = _Relaying(("", ""), frozenset())
         # Per process: the Call-ID of the INVITE resume() is delivering right now.
         self._resuming = ""
-        self._register: tuple[tuple[str, str], registration.RegisterCheck] | None = None
+        # Per process: register()'s Contacts and check, for registered() of the same REGISTER.
+        self._register: tuple[tuple[str, str], registration.RegisterCheck, list[str]] | None = None
         # Edge mode: phones' flows are the edge's own, not usrloc's (kemi/edge.py).
         ksr_bindings.flow_override = edge.with_flow if settings.edge else None
         # Several nodes (WITH_CLUSTER, kemi/cluster.py); None: a single Kamailio.
@@ -208,7 +209,7 @@ class Hooks:
             return False
         for header in check.extra_headers:
             KSR.hdr.append_to_reply(header + "\r\n")
-        self._register = (current_request(), check)
+        self._register = (current_request(), check, contacts)
         return True
 
     def check_register(self, contacts: list[str]) -> registration.RegisterCheck:
@@ -224,26 +225,27 @@ class Hooks:
 
     def registered(self) -> None:
         """After a successful ``save()``: give a device that woke what waited for it."""
+        uri = to_aor()
         log(
             "register_in",
-            aor=to_aor(),
+            aor=uri,
             src=f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}",
             proto=KSR.pv.get("$pr"),
         )
-        contacts = register_contacts()
         if self._register is not None and self._register[0] == current_request():
-            check = self._register[1]
+            _, check, contacts = self._register
         else:
+            contacts = register_contacts()
             check = self.check_register(contacts)
         self._register = None
-        aor, bindings = ksr_bindings.fetch(to_aor(), push=False)  # flows only
+        aor, bindings = ksr_bindings.fetch(uri, push=False)  # flows only
         conid = int(KSR.pv.get("$conid") or 0)
         if not aor or not woke_on(bindings, conid, check.adds_binding):
             return
         pushing.landed([b.ruid for b in bindings if b.alive])
         # Calls already ringing elsewhere get it as a new branch (tsilo) ...
         if KSR.htable.sht_get(pushing.RINGING, aor) is not None:
-            rc = KSR.tsilo.ts_append_by_contact("location", to_aor())
+            rc = KSR.tsilo.ts_append_by_contact("location", uri)
             log("ringing_join", aor=aor, outcome=compat.detect().ts_append_outcome(rc).value)
         # ... calls held with no branch at all are resumed ...
         for tx_key in held_calls.held_for_aor(aor):
@@ -252,9 +254,9 @@ class Hooks:
                 log("resume", aor=aor, tx=tx_key)
                 self.host.continue_tx(index, label, Route.RESUME)
         # ... a call cancelled while it slept is shown and ended (CallKit) ...
-        callkit.replay_cancelled_call(aor, contacts)
+        callkit.replay_cancelled_call(aor, contacts, instances=check.instances)
         # ... and stored messages are delivered.
-        messages.deliver_stored(to_aor())
+        messages.deliver_stored(uri)
 
     # ----- requests to local users -----
     def location(self) -> bool:
@@ -305,7 +307,9 @@ class Hooks:
             )
         if not KSR.is_INVITE() or not decision.push:
             return False
-        if decision.action is not Action.RELAY and capacity.short_of_shm(self.settings.shm_reserve):
+        if decision.action is not Action.RELAY and capacity.short_of_shm(
+            self.settings.shm_reserve, self.settings.wake_shm
+        ):
             capacity.refuse(aor, "shm")
             return True
         # From here on the INVITE is stateful: pushes are bound to its transaction. A

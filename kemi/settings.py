@@ -45,6 +45,8 @@ class Settings:
     """Bytes of shared memory that must stay free to hold a new call (kemi/capacity.py)."""
     vapid_public_key: str = ""
     """pushd's VAPID public key (PUSHGATE_VAPID_PUBLIC_KEY), advertised to webpush bindings."""
+    wake_shm: int = 0
+    """Bytes of shared memory kept free for each held call's wake-up (kemi/capacity.py)."""
 
     @classmethod
     def from_cfg(cls) -> Settings:
@@ -74,6 +76,7 @@ class Settings:
             flow_secret=define("PUSHGATE_EDGE_FLOW_SECRET", ""),
             shm_reserve=define_int("PUSHGATE_SHM_RESERVE", 16) * 2**20,
             vapid_public_key=define("PUSHGATE_VAPID_PUBLIC_KEY", ""),
+            wake_shm=define_int("PUSHGATE_WAKE_SHM", 25) * 2**10,
         )
 
 

@@ -104,7 +104,8 @@ def uri_params(uri: str) -> dict[str, str]:
         name = name.strip().lower()
         if name in out and name.startswith("pn-"):
             raise PnError(name, "given twice")
-        out[name] = urllib.parse.unquote(value.strip())
+        value = value.strip()
+        out[name] = urllib.parse.unquote(value) if "%" in value else value
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from pushgate import pn_params, sipmsg, wake_token
@@ -24,6 +25,9 @@ class RegisterCheck:
     providers: tuple[str, ...] = ()
     adds_binding: bool = False
     """At least one Contact is added or refreshed (not ``*``, not expires=0)."""
+    instances: tuple[tuple[str, str], ...] = ()
+    """(Contact, its ``+sip.instance`` in usrloc form) of each Contact that has one, as
+    parsed here: what runs after ``save()`` need not parse the Contacts again."""
 
 
 def contact_expires(contact: str, expires_header: int | None) -> int | None:
@@ -64,20 +68,23 @@ def check_register(
     pnsreg = False
     adds = False
     devices: dict[str, pn_params.PushParams] = {}
+    instances: list[tuple[str, str]] = []
     for contact in contacts:
         if contact.strip() == "*":
             continue
         # Each Contact's header parameters parsed once (a REGISTER's hottest Python).
-        header_params = sipmsg.contact_params(contact)
+        uri, header_params = sipmsg.contact_parts(contact)
+        instance = wake_token.normalise_instance(header_params.get("+sip.instance", ""))
+        if instance:
+            instances.append((contact, instance))
         expires = _expires(header_params, expires_header)
         adds = adds or expires != 0
-        uri = sipmsg.contact_uri(contact)
         try:
             params = pn_params.uri_params(uri)
         except pn_params.PnError as exc:
             return _bad(str(exc))
         raw = params.get("pn-provider")
-        if raw is not None and raw.strip().lower() not in {"", *_aliases(served)}:
+        if raw is not None and raw.strip().lower() not in _accepted_providers(served):
             return RegisterCheck(
                 status=555,
                 reason="Push Notification Service Not Supported",
@@ -112,7 +119,6 @@ def check_register(
                 warning=f"expires {expires}s is too short to push before expiry",
             )
         if expires != 0:
-            instance = wake_token.contact_instance(contact)
             if instance:
                 # One device, one app, one set of push params: which of two would we push?
                 clash = _difference(devices.setdefault(instance, push), push)
@@ -121,7 +127,9 @@ def check_register(
             providers.append(push.provider)
             pnsreg = pnsreg or "+sip.pnsreg" in header_params
     if already_has_pns or not providers:
-        return RegisterCheck(providers=tuple(providers), adds_binding=adds)
+        return RegisterCheck(
+            providers=tuple(providers), adds_binding=adds, instances=tuple(instances)
+        )
     headers = []
     # Normalised names only (apns, fcm): never a value as the phone sent it.
     for provider in dict.fromkeys(providers):
@@ -132,7 +140,10 @@ def check_register(
             caps += f';+sip.pnsreg="{PNSREG_SECONDS}"'
         headers.append(caps)
     return RegisterCheck(
-        extra_headers=tuple(headers), providers=tuple(providers), adds_binding=adds
+        extra_headers=tuple(headers),
+        providers=tuple(providers),
+        adds_binding=adds,
+        instances=tuple(instances),
     )
 
 
@@ -151,8 +162,10 @@ def _difference(first: pn_params.PushParams, other: pn_params.PushParams) -> str
     return ""
 
 
-def _aliases(served: frozenset[str]) -> set[str]:
-    out = set(served)
+@functools.lru_cache(maxsize=8)
+def _accepted_providers(served: frozenset[str]) -> frozenset[str]:
+    """pn-provider values (lower-cased) a Contact may carry: served ones, their aliases, ""."""
+    out = {"", *served}
     if "apns" in served:
         out |= {"apns.dev", "apns.prod", "apns.sandbox"}
-    return out
+    return frozenset(out)

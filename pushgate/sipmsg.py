@@ -46,20 +46,52 @@ def contact_params(contact: str) -> dict[str, str]:
     ``sip:b@h;expires=0`` both give ``expires`` -> ``0``; a URI parameter inside ``<...>``
     is never a header parameter. A parameter without a value maps to "".
     """
+    return contact_parts(contact)[1]
+
+
+def contact_parts(contact: str) -> tuple[str, dict[str, str]]:
+    """``(contact_uri(contact), contact_params(contact))``, the Contact split once."""
+    uri, tail = _split_contact(contact)
     params: dict[str, str] = {}
-    for part in _split_params(_split_contact(contact)[1]):
+    for part in _split_params(tail):
         name, _, value = part.partition("=")
         if name.strip():
             params.setdefault(name.strip().lower(), value.strip())
-    return params
+    return uri, params
 
 
 def _split_params(text: str) -> list[str]:
     """Split at every ``;`` outside a quoted string (``\\`` escapes inside quotes).
 
-    One pass: this runs before digest authentication (a REGISTER's wake token is checked
-    against its Contacts' +sip.instance), on Contacts of up to a whole SIP message.
+    This runs on every REGISTER (and before digest authentication: a wake token is checked
+    against the Contacts' +sip.instance), on Contacts of up to a whole SIP message. A
+    phone's Contact quotes its +sip.instance and escapes nothing: split at the quotes, then
+    at the ``;`` between them, with str methods; only text with a backslash takes the
+    loop per character.
     """
+    if '"' not in text:
+        return text.split(";")
+    if "\\" in text:
+        return _split_params_escaped(text)
+    out: list[str] = []
+    current = ""
+    pieces = text.split('"')
+    last = len(pieces) - 1
+    for i, piece in enumerate(pieces):
+        if i % 2:  # inside quotes (unterminated when it is the last piece)
+            current += '"' + piece + ('"' if i < last else "")
+            continue
+        parts = piece.split(";")
+        current += parts[0]
+        if len(parts) > 1:
+            out.append(current)
+            out.extend(parts[1:-1])
+            current = parts[-1]
+    out.append(current)
+    return out
+
+
+def _split_params_escaped(text: str) -> list[str]:
     out: list[str] = []
     start = 0
     quoted = escaped = False

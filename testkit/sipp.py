@@ -97,8 +97,11 @@ def start(
     local_port: int | None = None,
     pause_ms: int = 0,
     rate: int = 10,
+    inf: Path | None = None,
 ) -> SippRun:
-    """Start SIPp in the background; ``wait()`` returns its exit code (0 = all calls passed)."""
+    """Start SIPp in the background; ``wait()`` returns its exit code (0 = all calls passed).
+
+    ``inf``: SIPp's injection file (``[field0]``... per call)."""
     logdir.mkdir(parents=True, exist_ok=True)
     label = label or name
     argv = [
@@ -137,6 +140,8 @@ def start(
     ]
     if ooc:
         argv += ["-oocsf", str(scenario(ooc))]
+    if inf is not None:
+        argv += ["-inf", str(inf)]
     if auth:
         argv += ["-au", auth[0], "-ap", auth[1]]
     for k, v in (keys or {}).items():

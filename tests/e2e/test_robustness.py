@@ -15,7 +15,14 @@ from testkit import sipp
 from testkit.certs import TestPki
 from testkit.postgres import start_cluster
 from testkit.procs import free_port, wait_until
-from testkit.stack import DOMAIN, FOREIGN_DOMAIN, Stack, world_readable_tempdir
+from testkit.stack import (
+    DOMAIN,
+    FOREIGN_DOMAIN,
+    SIPP_SETUP_FAILED,
+    Phone,
+    Stack,
+    world_readable_tempdir,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -127,82 +134,155 @@ def test_no_notice_goes_to_a_token_the_provider_called_dead(make_stack: MakeStac
     assert [p.push_type for p in stack.apns.pushes if p.token == iphone.token] == ["voip"]
 
 
+KILLED_PUSHD_CALLS = 100  # the issue's burst of 100 held calls
+
+
+def register_all(stack: Stack, phones: list[Phone]) -> None:
+    """Register (and put to sleep) 20 SIPp phones at a time; one that could not set up
+    (its port taken by a neighbour under load: exit 254) is started again."""
+    for batch in range(0, len(phones), 20):
+        pending = phones[batch : batch + 20]
+        for _ in range(3):
+            runs = [(phone, stack.register(phone)) for phone in pending]
+            pending = []
+            for phone, run in runs:
+                rc = run.wait(30)
+                if rc == SIPP_SETUP_FAILED:
+                    pending.append(phone)
+                else:
+                    assert rc == 0, run.output()[-2000:]
+            if not pending:
+                break
+        assert not pending, [p.user for p in pending]
+
+
+def call_all(stack: Stack, phones: list[Phone], rate: int = 200) -> sipp.SippRun:
+    """One SIPp calling every phone once, at ``rate`` calls/s: the burst goes out in well
+    under a second even on a loaded machine (a SIPp process per call took seconds)."""
+    inf = stack.logs / "callees.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(f"{p.user};\n" for p in phones))
+    return sipp.start(
+        "caller_call_each",
+        target_port=stack.caller_port,
+        logdir=stack.logs,
+        keys={"domain": DOMAIN, "caller_domain": FOREIGN_DOMAIN},
+        calls=len(phones),
+        rate=rate,
+        pause_ms=300,
+        inf=inf,
+        label="callers",
+    )
+
+
 @pytest.mark.parametrize("read", [False, True], ids=["unread", "sent-unanswered"])
 def test_pushes_a_killed_pushd_took_along_are_sent_by_the_next_one(
     make_stack: MakeStack, read: bool
 ) -> None:
-    """Ten calls held, pushd killed (SIGKILL) with their pushes unread (hung pushd) or sent
+    """100 calls held, pushd killed (SIGKILL) with their pushes unread (hung pushd) or sent
     to APNs and not answered yet; a new pushd sends them all at once."""
-    n = 10
+    n = KILLED_PUSHD_CALLS
     stack = make_stack(hold_timeout=30)
-    phones = [stack.phone(f"user{i:02d}") for i in range(n)]
-    for phone in phones:
-        stack.register_and_sleep(phone)
+    phones = [stack.phone(f"user{i:03d}") for i in range(n)]
+    register_all(stack, phones)
     assert stack.apns is not None
     if read:
-        for phone in phones:  # APNs sits on the first answer: pushd dies waiting for it
-            stack.apns.script(phone.token, 200, times=1, delay=3.0)
+        # APNs sits on every first answer until pushd is dead: a push answered before
+        # the kill would be delivered, not outstanding (seen on a loaded machine with a
+        # 3 s delay, when the burst of pushes took longer than that to go out).
+        for phone in phones:
+            stack.apns.script(phone.token, 200, times=1, delay=120.0)
     else:
         stack.pause_pushd()  # hung: the push requests pile up unread in its socket
-    callers = [stack.call(p.user, expect_answer=True, label=f"c-{p.user}") for p in phones]
-    wait_until(lambda: stack.count_events("push_request") >= n, 20, "the push requests")
+    callers = call_all(stack, phones)
+    assert callers.proc.poll() is None, callers.output()[-2000:]
+    wait_until(lambda: stack.count_events("push_request") >= n, 60, "the push requests")
     if read:
-        stack.apns.wait_for_pushes(n, timeout=10)
+        stack.apns.wait_for_pushes(n, timeout=30)
+    assert stack.count_events("push_result") == 0  # none answered: all outstanding
     stack.kill_pushd()
-    # Only the pushes sent from now on wake the phones.
-    woken = [stack.wake_on_push(phone) for phone in phones]
+    # Only the pushes sent from now on wake the phones; 2 s later, so that starting 100
+    # SIPp phones in this process does not slow the fake APNs while it takes the burst.
+    woken = [stack.wake_on_push(phone, delay=2.0) for phone in phones]
     stack.start_pushd()
     wait_until(lambda: stack.count_events("push_resent") == 1, 5, "the pushes sent again")
     assert [e["count"] for e in stack.events("push_resent")] == [str(n)]
-    stack.apns.wait_for_pushes(2 * n if read else n, timeout=15)
-    # Every push out soon after the new pushd's hello (0.1-0.2 s here on a quiet machine;
-    # the bound leaves room for a loaded CI box).
+    # Every push out soon after the new pushd's hello: the first within 1 s (the issue's
+    # bound; 0.1-0.2 s on a quiet machine), all within 3 s.
     connected = float(stack.events("pushd_connected")[-1]["t"]) - 0.001  # logged in ms
 
     def resent() -> list[float]:
         return sorted(wall for wall, _ in stack.push_log if wall >= connected)
 
-    wait_until(lambda: len(resent()) == n, 5, "the harness to see every push sent again")
-    assert resent()[-1] - connected < 3.0, resent()[-1] - connected
-    for caller in callers:
-        assert caller.wait(40) == 0, caller.output()[-2000:]
+    wait_until(lambda: len(resent()) == n, 10, "the harness to see every push sent again")
+    first, last = resent()[0] - connected, resent()[-1] - connected
+    assert first < 1.0, first
+    assert last < 3.0, last
+    # Every call answered by its woken phone: one whose hold (30 s) ran out would get 480
+    # and fail the callers' scenario.
+    assert callers.wait(60) == 0, callers.output()[-2000:]
     assert all(len(w) >= 1 for w in woken)
     # Sent twice only when the dead pushd had sent it already (documented), never lost.
     per_token = {p.token: len(stack.apns.pushes_for(p.token)) for p in phones}
     assert set(per_token.values()) == ({2} if read else {1})
     assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
+    print(f"pushd killed with {n} held: pushes again {first:.3f}-{last:.3f} s after its hello")
 
 
-def test_an_invite_flood_to_a_sleeping_user_pushes_once_and_spares_other_users(
+FLOOD_CALLS, FLOOD_RATE = 1000, 100  # the issue's 1,000 INVITEs in 10 s to one AoR
+
+
+def test_an_invite_flood_to_a_sleeping_user_pushes_within_the_limits_and_spares_others(
     make_stack: MakeStack,
 ) -> None:
     stack = make_stack(hold_timeout=3)
     victim, other = stack.phone("dora"), stack.phone("eric")
     stack.register_and_sleep(victim)
     stack.register_and_sleep(other)
+    started = time.monotonic()
     flood = sipp.start(
         "caller_fail",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
         keys={"domain": DOMAIN, "callee": "dora", "caller_domain": FOREIGN_DOMAIN},
-        calls=40,
-        rate=40,
+        calls=FLOOD_CALLS,
+        rate=FLOOD_RATE,
         label="flood",
     )
-    assert flood.wait(30) == 0, flood.output()[-2000:]
-    assert stack.apns is not None
-    # One VoIP push (every later call waits for its wake-up or is turned away at once),
-    # one missed-call alert for the call that pushed: not 40 of each.
-    stack.apns.wait_for_pushes(2, timeout=5)
-    to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
-    assert sorted(to_victim) == ["alert", "voip"]
-    finals = [m.splitlines()[0] for m in flood.received() if m.startswith("SIP/2.0 4")]
-    assert sum(" 486 " in f for f in finals) >= 30  # answered at once: too many waiting
-    assert stack.count_events("push_limited") >= 30
-    # Another user is pushed as usual.
+    # Mid-flood, another user is called: pushed as usual, its call held to the timeout.
+    wait_until(lambda: stack.count_events("push_limited") >= 100, 20, "the flood's refusals")
     caller = stack.call("eric", expect_answer=False, label="eric")
-    assert caller.wait(10) == 0, caller.output()[-2000:]
+    assert caller.wait(15) == 0, caller.output()[-2000:]
+    assert caller.final_response() == (480, 'SIP;cause=480;text="Device did not wake up"')
+    assert flood.wait(FLOOD_CALLS / FLOOD_RATE + 30) == 0, flood.output()[-2000:]
+    flood_seconds = time.monotonic() - started
+    assert stack.apns is not None
     assert [p.push_type for p in stack.apns.pushes if p.token == other.token][:1] == ["voip"]
+    # One caller: at most PUSHGATE_CALLER_PUSHES (3) VoIP pushes to dora per window, each
+    # with its missed-call alert; every other INVITE answered at once (486: too many
+    # waiting; 480: push limit reached), none held past the hold timeout.
+    to_victim = [p.push_type for p in stack.apns.pushes if p.token == victim.token]
+    assert 1 <= to_victim.count("voip") <= 3, to_victim
+    wait_until(
+        lambda: (
+            [p.push_type for p in stack.apns.pushes if p.token == victim.token].count("alert")
+            == to_victim.count("voip")
+        ),
+        10,
+        "a missed-call alert per call push",
+    )
+    finals = [m for m in flood.received() if m.startswith("SIP/2.0 4")]
+    limited = stack.count_events("push_limited")
+    held = len(stack.events("hold_timeout")) - 1  # eric's call timed out too
+    assert limited + held == FLOOD_CALLS, (limited, held)
+    # PUSHGATE_MAX_HELD (4) at a time, each held up to the hold timeout (3 s).
+    assert held <= 4 * (flood_seconds / 3 + 1), (held, flood_seconds)
+    assert len(finals) >= FLOOD_CALLS
+    assert {f.split(" ", 2)[1] for f in finals} <= {"480", "486"}
+    assert all("\nReason: SIP;cause=48" in f for f in finals)
+    print(
+        f"flood: {FLOOD_CALLS} INVITEs at {FLOOD_RATE}/s done in {flood_seconds:.1f} s:"
+        f" {to_victim.count('voip')} VoIP pushes, {held} held, {limited} answered at once"
+    )
 
 
 def test_database_down_gives_honest_answers_and_service_comes_back(

@@ -191,6 +191,31 @@ def test_a_call_is_held_only_while_the_shm_reserve_is_free(ksr: fake_ksr.FakeKSR
     assert not capacity.short_of_shm(reserve)  # no figure (no kex): never refuse
 
 
+def test_each_held_call_keeps_room_for_its_wake_up(ksr: fake_ksr.FakeKSR) -> None:
+    reserve, per_wake = 16 * 2**20, 25 * 2**10
+    ksr.pvs["$stat(free_size)"] = reserve + 3 * per_wake + 1  # room for 3 wake-ups
+    for n in range(2):
+        held_calls.hold(held_calls.Held("u", "sip:u@h", n, 1), f"c{n}", 30, [TARGET])
+    assert held_calls.count() == 2
+    assert not capacity.short_of_shm(reserve, per_wake)  # the third call fits
+    third = held_calls.Held("v", "sip:v@h", 2, 1)
+    held_calls.hold(third, "c2", 30, [TARGET])
+    assert capacity.short_of_shm(reserve, per_wake)  # a fourth would not
+    # A call leaves the count once, however many of its endings race for it.
+    assert held_calls.claim(third.tx_key)
+    assert not held_calls.claim(third.tx_key)
+    held_calls.forget(third, "c2")
+    assert held_calls.count() == 2
+    assert not capacity.short_of_shm(reserve, per_wake)
+    held_calls.forget(held_calls.Held("u", "sip:u@h", 0, 1), "c0")
+    held_calls.forget(held_calls.Held("u", "sip:u@h", 0, 1), "c0")
+    held_calls.forget(held_calls.Held("x", "sip:x@h", 9, 9), "never-held")
+    assert held_calls.count() == 1
+    held_calls.claim("1:1")
+    held_calls.claim("1:1")
+    assert held_calls.count() == 0  # never below zero
+
+
 def test_a_refused_call_gets_503_with_retry_after(ksr: fake_ksr.FakeKSR) -> None:
     ksr.pvs["$ci"] = "c1"
     capacity.refuse("alice", "shm")
