@@ -218,11 +218,12 @@ def test_a_stored_message_notice_has_no_held_call_and_its_result_touches_none(
 def test_a_refresh_push_with_a_dead_token_removes_the_binding_and_nothing_else(
     ksr: fake_ksr.FakeKSR,
 ) -> None:
+    now = time.time()  # the push's deadline is the binding's expiry: a real time ahead
     row = BindingRow(
-        aor=HELD.uri, ruid="r7", expires=NOW + 60, last_modified=NOW - 3000,
+        aor=HELD.uri, ruid="r7", expires=now + 60, last_modified=now - 3000,
         contact=f"sip:a@h;pn-provider=fcm;pn-prid=tok-{TOKEN};pn-param=my-project",
     )  # fmt: skip
-    (due,) = due_refreshes([row], NOW, 600, set())
+    (due,) = due_refreshes([row], now, 600, set())
     push = refresh_push(due, 4)
     assert push.id == "none:4"
     provider = Answering(PushResult(verdict=Verdict.DELETE_TOKEN, status=404))
