@@ -231,7 +231,7 @@ class Dispatcher:
             attempt += 1
             result = await self._attempt(provider, request, request.deadline - now)
             m = self.metrics
-            m.child(m.attempts_total, request.provider.value, result.verdict.value).inc()
+            m.child(m.attempts_total, request.provider, result.verdict).inc()
             if result.verdict != Verdict.RETRY:
                 if may_be_environment_mixup(request, result):
                     return await self._try_other_environment(provider, request, result, attempt)
@@ -259,7 +259,7 @@ class Dispatcher:
             return environment_check_outcome(first, None), attempts
         second = await self._attempt(provider, other, budget)
         m = self.metrics
-        m.child(m.attempts_total, request.provider.value, second.verdict.value).inc()
+        m.child(m.attempts_total, request.provider, second.verdict).inc()
         if second.verdict == Verdict.DELIVERED:
             # The push got through, but every later one will pay a failed attempt first.
             log.warning(
@@ -295,7 +295,7 @@ class Dispatcher:
         elapsed = time.monotonic() - started
         verdict = Verdict.GIVE_UP if result.verdict == Verdict.RETRY else result.verdict
         m = self.metrics
-        m.child(m.pushes_total, label, verdict.value).inc()
+        m.child(m.pushes_total, label, verdict).inc()
         m.child(m.push_seconds, label).observe(elapsed)
         if verdict == Verdict.CONFIG_ERROR:
             self._config_error(label, result)

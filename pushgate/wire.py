@@ -173,7 +173,7 @@ class Push:
         return {
             "type": "push",
             "id": self.id,
-            "kind": self.kind.value,
+            "kind": self.kind,  # a StrEnum is a str: JSON writes its value
             "provider": self.provider,
             "prid": self.prid,
             "param": self.param,
@@ -203,7 +203,7 @@ class Result:
         return {
             "type": "result",
             "id": self.id,
-            "verdict": self.verdict.value,
+            "verdict": self.verdict,  # a StrEnum is a str: JSON writes its value
             "status": self.status,
             "reason": self.reason,
             "aor": self.aor,
