@@ -67,11 +67,12 @@ from typing import Any, Protocol, TextIO
 
 from bench import core_busy_seconds, summarize_ms, wait_for_quiet
 from pushd import logs, netstring
-from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.apns import ApnsProvider
 from pushd.app import run_loop
 from pushd.dispatch import Dispatcher
-from pushd.fcm import FcmProvider, FcmSettings
+from pushd.fcm import FcmProvider
 from pushd.model import Provider, ProviderName, PushRequest, PushResult
+from pushd.provider_settings import ApnsSettings, FcmSettings
 from testkit.certs import TestPki, make_test_pki
 from testkit.fake_apns import client_settings
 from testkit.nginx_apns import NginxApns, nginx_binary, nginx_version

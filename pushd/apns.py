@@ -22,8 +22,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from pushd.apns_auth import ProviderToken, certificate_topic, load_apns_key, tls_context
 from pushd.apns_connection import Answer, ApnsNoAnswer
@@ -32,6 +30,7 @@ from pushd.apns_message import ApnsMessage, build_message
 from pushd.apns_pool import ApnsPool
 from pushd.logs import short_token
 from pushd.model import Environment, ProviderName, PushRequest, PushResult, Verdict
+from pushd.provider_settings import ApnsSettings
 from pushd.retry import parse_retry_after
 
 log = logging.getLogger("pushd.apns")
@@ -42,69 +41,6 @@ APPLE_HOSTS = {
 }
 CLOSE_GRACE = 1.0
 """Seconds close() waits for connections to finish their TLS shutdown."""
-
-
-@dataclass(frozen=True)
-class ApnsSettings:
-    """How to reach APNs. Built by the config loader; validated here."""
-
-    auth: str
-    """``token`` (.p8 key, JWT) or ``certificate`` (client certificate)."""
-    key_file: Path | None
-    """Token auth: Apple's ``AuthKey_<KEYID>.p8``."""
-    key_id: str | None
-    team_id: str | None
-    cert_file: Path | None
-    """Certificate auth: one PEM holding the certificate and its unencrypted key."""
-    default_environment: Environment
-    """For bindings that do not say (plain ``pn-provider=apns``); ``apns.dev`` always means
-    sandbox. The dispatcher applies it when it builds a PushRequest; the provider sends to
-    ``request.environment`` as given."""
-    host: str | None
-    """Send both environments to this host instead of Apple's (the fake APNs in tests)."""
-    port: int = 443
-    ca_file: Path | None = None
-    """CA bundle to verify the server with; None = the system store."""
-    max_connections: int = 10
-    """HTTP/2 connections per environment."""
-    timeout: float = 10.0
-    """Seconds to wait for an answer (capped by the push deadline), for a connection to
-    open, and for a PING's answer."""
-    idle_timeout: float = 3600.0
-    """Close a connection that has carried no push for this long. Apple asks for
-    connections kept open across pushes, not one per push."""
-    keepalive: float = 60.0
-    """PING a connection after this many seconds without a byte from APNs (0 = never), so
-    a connection that died silently (NAT, firewall) is replaced before a call needs it."""
-
-    def __post_init__(self) -> None:
-        if self.auth == "token":
-            missing = [
-                name
-                for name, value in (
-                    ("key_file", self.key_file),
-                    ("key_id", self.key_id),
-                    ("team_id", self.team_id),
-                )
-                if not value
-            ]
-            if missing:
-                raise ValueError(f"apns token auth needs {', '.join(missing)}")
-        elif self.auth == "certificate":
-            if self.cert_file is None:
-                raise ValueError("apns certificate auth needs cert_file")
-        else:
-            raise ValueError(f"apns auth must be 'token' or 'certificate', not {self.auth!r}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"apns port out of range: {self.port}")
-        if self.max_connections < 1:
-            raise ValueError("apns max_connections must be at least 1")
-        if self.timeout <= 0:
-            raise ValueError("apns timeout must be positive")
-        if self.idle_timeout <= 0:
-            raise ValueError("apns idle_timeout must be positive")
-        if self.keepalive < 0:
-            raise ValueError("apns keepalive must be 0 (off) or positive")
 
 
 _LOG_LEVELS = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 import sys
@@ -42,7 +41,6 @@ EXIT_CONFIG = 2
 
 
 T = TypeVar("T")
-S = TypeVar("S")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -65,26 +63,18 @@ def build_providers(
     """
     providers: dict[ProviderName, Provider] = {}
     if config.apns is not None and (only is None or ProviderName.APNS in only):
-        from pushd.apns import ApnsProvider, ApnsSettings
+        from pushd.apns import ApnsProvider
 
-        providers[ProviderName.APNS] = ApnsProvider(_settings(ApnsSettings, config.apns))
+        providers[ProviderName.APNS] = ApnsProvider(config.apns)
     if config.fcm is not None and (only is None or ProviderName.FCM in only):
-        from pushd.fcm import FcmProvider, FcmSettings
+        from pushd.fcm import FcmProvider
 
-        providers[ProviderName.FCM] = FcmProvider(_settings(FcmSettings, config.fcm))
+        providers[ProviderName.FCM] = FcmProvider(config.fcm)
     if config.webpush is not None and (only is None or ProviderName.WEBPUSH in only):
-        from pushd.webpush import WebpushProvider, WebpushSettings
+        from pushd.webpush import WebpushProvider
 
-        providers[ProviderName.WEBPUSH] = WebpushProvider(
-            _settings(WebpushSettings, config.webpush)
-        )
+        providers[ProviderName.WEBPUSH] = WebpushProvider(config.webpush)
     return providers
-
-
-def _settings(cls: type[S], section: object) -> S:
-    """A provider's settings from its config section: the same field names, copied over
-    (config.py validates; the provider modules stay unimported until needed)."""
-    return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 def request_defaults(config: Config) -> RequestDefaults:

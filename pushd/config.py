@@ -6,8 +6,8 @@ errors too, so a typo never silently falls back to a default. ``load(...,
 check_files=True)`` (what the daemon and ``--check-config`` use) also opens the
 credential files and parses them, so a bad .p8 fails at start, not on the first call.
 
-The APNs/FCM sections are plain values here; ``pushd.app`` turns them into the
-providers' own settings so this module needs neither provider to import.
+The provider sections become :mod:`pushd.provider_settings` objects, the very ones the
+providers take; that module is dependency-free, so this one loads without any provider.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from pushd.model import Environment, ProviderName
+from pushd.provider_settings import ApnsSettings, FcmSettings, WebpushSettings
 from pushd.retry import RetryPolicy
 
 log = logging.getLogger("pushd.config")
@@ -112,51 +113,6 @@ class KamailioConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ApnsConfig:
-    """Mirrors ``pushd.apns.ApnsSettings`` field for field (paths already resolved)."""
-
-    auth: Literal["token", "certificate"]
-    key_file: Path | None = None
-    key_id: str | None = None
-    team_id: str | None = None
-    cert_file: Path | None = None
-    default_environment: Environment = Environment.PRODUCTION
-    host: str | None = None
-    port: int = 443
-    ca_file: Path | None = None
-    max_connections: int = 10
-    timeout: float = 10.0
-    idle_timeout: float = 3600.0
-    keepalive: float = 60.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class FcmConfig:
-    """Mirrors ``pushd.fcm.FcmSettings`` plus what --check-config learnt from the account."""
-
-    service_account_file: Path
-    token_uri: str | None = None
-    base_url: str = "https://fcm.googleapis.com"
-    timeout: float = 10.0
-    max_workers: int = 8
-    project_id: str | None = None
-    """From the service account file; known only when files were checked."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class WebpushConfig:
-    """Mirrors ``pushd.webpush.WebpushSettings`` plus the public key --check-config read."""
-
-    vapid_private_key_file: Path
-    subject: str
-    ca_file: Path | None = None
-    timeout: float = 10.0
-    max_connections: int = 64
-    public_key: str | None = None
-    """base64url VAPID public key; known only when files were checked."""
-
-
-@dataclass(frozen=True, kw_only=True)
 class ApiConfig:
     """The HTTP API (``pushd.http_api``); not started unless ``token`` is set."""
 
@@ -198,9 +154,9 @@ class RefreshConfig:
 class Config:
     path: Path
     kamailio: KamailioConfig
-    apns: ApnsConfig | None = None
-    fcm: FcmConfig | None = None
-    webpush: WebpushConfig | None = None
+    apns: ApnsSettings | None = None
+    fcm: FcmSettings | None = None
+    webpush: WebpushSettings | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     api: ApiConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
@@ -496,7 +452,7 @@ class _Parser:
         s.finish()
         return KamailioConfig(host=host, port=port, secret=secret, reconnect_max_delay=delay)
 
-    def apns(self, s: _Section) -> ApnsConfig:
+    def apns(self, s: _Section) -> ApnsSettings:
         auth = s.choice("auth", ("token", "certificate"), "token")
         key_file = self.path(s, "key_file")
         key_id = s.opt_str("key_id")
@@ -535,7 +491,7 @@ class _Parser:
                 self.check_client_cert(s, "cert_file", cert_file)
             if ca_file is not None:
                 self.check_ca(s, "ca_file", ca_file)
-        return ApnsConfig(
+        return ApnsSettings(
             auth="token" if auth == "token" else "certificate",
             key_file=key_file,
             key_id=key_id,
@@ -551,7 +507,7 @@ class _Parser:
             keepalive=keepalive,
         )
 
-    def fcm(self, s: _Section) -> FcmConfig:
+    def fcm(self, s: _Section) -> FcmSettings:
         sa_file = self.path(s, "service_account_file")
         if sa_file is None:
             raise s.error("service_account_file", "required (Firebase service account JSON)")
@@ -566,7 +522,7 @@ class _Parser:
         project_id = None
         if self.check_files:
             project_id = self.check_service_account(s, sa_file, token_uri is not None)
-        return FcmConfig(
+        return FcmSettings(
             service_account_file=sa_file,
             token_uri=token_uri,
             base_url=base_url.rstrip("/"),
@@ -575,7 +531,7 @@ class _Parser:
             project_id=project_id,
         )
 
-    def webpush(self, s: _Section) -> WebpushConfig:
+    def webpush(self, s: _Section) -> WebpushSettings:
         key_file = self.path(s, "vapid_private_key_file")
         if key_file is None:
             raise s.error(
@@ -602,7 +558,7 @@ class _Parser:
             self._warn_if_readable(key_file, "holds the VAPID private key")
             if ca_file is not None:
                 self.check_ca(s, "ca_file", ca_file)
-        return WebpushConfig(
+        return WebpushSettings(
             vapid_private_key_file=key_file,
             subject=subject,
             ca_file=ca_file,

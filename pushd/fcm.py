@@ -31,7 +31,6 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from google.oauth2 import service_account
 from pushd.fcm_errors import classify_fcm, error_code, token_endpoint_refused
 from pushd.logs import short_token
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
+from pushd.provider_settings import FcmSettings
 from pushd.retry import parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -53,20 +53,6 @@ MAX_TTL_SECONDS = 2_419_200  # FCM's ceiling (4 weeks)
 MIN_TIMEOUT = 1.0
 """Floor for the HTTP timeout: a push whose deadline is (nearly) past still goes out with
 ttl 0s (deliver now or drop), and needs a realistic chance to reach Google."""
-
-
-@dataclass(frozen=True)
-class FcmSettings:
-    """How to reach FCM; built by the config loader."""
-
-    service_account_file: Path
-    token_uri: str | None = None
-    """Overrides the key file's token_uri (tests, egress proxies)."""
-    base_url: str = "https://fcm.googleapis.com"
-    timeout: float = 10.0
-    """Per-attempt HTTP timeout in seconds, further capped by the push deadline."""
-    max_workers: int = 8
-    """Concurrent sends (threads, and pooled HTTP connections)."""
 
 
 # --- pure helpers --------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import math
 import ssl
 import time
 import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +30,7 @@ from pywebpush import WebPusher
 
 from pushd.logs import short_token
 from pushd.model import ProviderName, PushKind, PushRequest, PushResult, Verdict
+from pushd.provider_settings import WebpushSettings
 from pushd.retry import parse_retry_after
 from pushd.webpush_errors import classify_webpush
 from pushd.webpush_keys import load_private_key
@@ -44,20 +44,6 @@ JWT_LIFETIME = 12 * 3600
 """RFC 8292 §2: exp at most 24 h ahead; a token is reused for this long per origin."""
 JWT_RENEW_BEFORE = 3600
 """A cached token is replaced this long before it expires."""
-
-
-@dataclass(frozen=True)
-class WebpushSettings:
-    """How to reach Web Push services; built by the config loader."""
-
-    vapid_private_key_file: Path
-    subject: str
-    """RFC 8292 ``sub``: a ``mailto:`` or ``https:`` contact for the push service operator."""
-    ca_file: Path | None = None
-    """Trust these CAs instead of the system's (tests, TLS-inspecting egress proxies)."""
-    timeout: float = 10.0
-    """Per-attempt HTTP timeout in seconds, further capped by the push deadline."""
-    max_connections: int = 64
 
 
 # --- pure helpers --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ from h2.settings import SettingCodes, Settings
 from testkit.certs import TestPki, make_test_pki
 
 if TYPE_CHECKING:
-    from pushd.apns import ApnsSettings
+    from pushd.provider_settings import ApnsSettings
 
 MAX_PAYLOAD = 4096
 MAX_VOIP_PAYLOAD = 5120
@@ -815,8 +815,8 @@ class FakeApnsThread:
 
 def client_settings(pki: TestPki, port: int, **overrides: Any) -> ApnsSettings:
     """pushd's ApnsSettings for token auth against this fake on ``port``."""
-    from pushd.apns import ApnsSettings
     from pushd.model import Environment
+    from pushd.provider_settings import ApnsSettings
 
     base = ApnsSettings(
         auth="token",

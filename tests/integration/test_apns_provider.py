@@ -18,9 +18,10 @@ from typing import Any
 import jwt
 import pytest
 
-from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.apns import ApnsProvider
 from pushd.dispatch import Dispatcher
 from pushd.model import Environment, ProviderName, PushKind, PushRequest, PushResult, Verdict
+from pushd.provider_settings import ApnsSettings
 from testkit.certs import TestPki, make_test_pki
 from testkit.fake_apns import FakeApnsThread, client_settings
 

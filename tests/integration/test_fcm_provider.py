@@ -26,8 +26,9 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushd.dispatch import Dispatcher
-from pushd.fcm import FcmProvider, FcmSettings
+from pushd.fcm import FcmProvider
 from pushd.model import Provider, ProviderName, PushKind, PushRequest, PushResult, Verdict
+from pushd.provider_settings import FcmSettings
 from testkit.fake_fcm import FCM_ERROR_TYPE, FakeFcm
 from testkit.service_account import SCOPE_FCM, FakeServiceAccount
 

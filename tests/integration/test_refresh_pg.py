@@ -23,11 +23,12 @@ import psycopg2
 import pytest
 
 from pushd import config as config_mod
-from pushd.apns import ApnsProvider, ApnsSettings
+from pushd.apns import ApnsProvider
 from pushd.app import PushDaemon
 from pushd.config import RefreshConfig, Secret
 from pushd.dispatch import Dispatcher, RequestDefaults
 from pushd.model import Environment, ProviderName
+from pushd.provider_settings import ApnsSettings
 from pushd.refresh import Refresher
 from testkit.certs import TestPki, make_test_pki
 from testkit.fake_apns import FakeApnsThread, client_settings

@@ -20,7 +20,8 @@ from pywebpush import webpush_async
 from pushd import webpush_keys
 from pushd.dispatch import Dispatcher, RequestDefaults, build_request
 from pushd.model import ProviderName, PushRequest, PushResult, Verdict
-from pushd.webpush import WebpushProvider, WebpushSettings
+from pushd.provider_settings import WebpushSettings
+from pushd.webpush import WebpushProvider
 from testkit.certs import TestPki
 from testkit.fake_webpush import FakeWebPush, Subscription
 

@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pushd.apns import ApnsSettings
 from pushd.apns_auth import ProviderToken, certificate_topic, load_apns_key
 from pushd.apns_message import ApnsPushType, build_message, time_to_live
 from pushd.model import Environment, ProviderName, PushKind, PushRequest
+from pushd.provider_settings import ApnsSettings
 from testkit.certs import TestPki, make_test_pki
 
 NOW = 1_700_000_000.25

@@ -16,8 +16,9 @@ import requests.adapters
 import requests.sessions
 import requests.utils
 
-from pushd.fcm import FcmProvider, FcmSettings
+from pushd.fcm import FcmProvider
 from pushd.model import ProviderName, PushKind, PushRequest, Verdict
+from pushd.provider_settings import FcmSettings
 from testkit.service_account import write_service_account
 
 BASE_URL = "https://fcm.example.test"
