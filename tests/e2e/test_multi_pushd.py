@@ -60,8 +60,16 @@ class SecondPushd:
 
 
 @pytest.fixture
-def two_pushd(make_stack: MakeStack) -> Iterator[tuple[Stack, SecondPushd]]:
-    stack = make_stack(hold_timeout=30)
+def two_pushd(
+    request: pytest.FixtureRequest, make_stack: MakeStack, kamailio_version: str
+) -> Iterator[tuple[Stack, SecondPushd]]:
+    """Our all-in-one config (KEMI: rtimer calls ``ksr_pushgate_ack_timer``) and Kamailio's
+    default config with Pushgate's patch (native: ``route[PUSHGATE_ACK_TIMER]``)."""
+    if getattr(request, "param", "allinone") == "allinone":
+        stack = make_stack(hold_timeout=30)
+    else:
+        patch = REPO / "patches" / f"kamailio-{kamailio_version}-default.patch"
+        stack = make_stack(hold_timeout=30, flavour="default", patches=[patch])
     second = SecondPushd(stack)
     second.start()
     try:
@@ -149,6 +157,7 @@ def test_a_pushd_killed_mid_load_loses_no_call(two_pushd: tuple[Stack, SecondPus
     no_tracebacks(stack)
 
 
+@pytest.mark.parametrize("two_pushd", ["allinone", "default"], indirect=True)
 def test_a_frozen_pushd_is_passed_over_within_a_second(
     two_pushd: tuple[Stack, SecondPushd],
 ) -> None:
