@@ -166,3 +166,12 @@ def test_with_every_pushd_gone_a_push_waits_for_the_next_one(ksr: fake_ksr.FakeK
             host, "4", wire.Result(id=f"5:9:{n}", verdict=wire.Verdict.GIVE_UP, ruid=f"r{n}")
         )
     assert list(host.pending) == [(5, 9, Route.PUSH_FAILED)]
+
+
+def test_a_malformed_ack_is_named_and_changes_nothing(ksr: fake_ksr.FakeKSR) -> None:
+    hello(ksr, "1")
+    call(ksr, 1)
+    event(ksr, "1", {"type": "ack", "id": "5:9:00"})  # not the id Kamailio wrote
+    assert any("id: expected" in text for level, text in ksr.log if level == "err")
+    assert list(ksr.tables[pushing.UNACKED]) == ["5:9:0"]  # still waits for its ack
+    assert ksr.called("evapi", "close") == []  # an authenticated pushd keeps its link
