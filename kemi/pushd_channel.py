@@ -88,21 +88,23 @@ def alive(conidx: str) -> None:
 
 def on_ack(conidx: str, ack: wire.Ack) -> None:
     alive(conidx)
-    if str(KSR.htable.sht_get(pushing.OWNER, ack.id)) == conidx:
-        KSR.htable.sht_rm(pushing.UNACKED, ack.id)
+    with pushing.owner_locked(ack.id):
+        if str(KSR.htable.sht_get(pushing.OWNER, ack.id)) == conidx:
+            KSR.htable.sht_rm(pushing.UNACKED, ack.id)
 
 
 def on_result(host: Host, conidx: str, result: wire.Result) -> None:
     push_id = wire.PushId.parse(result.id)
     if push_id.tx is not None:
-        owner = KSR.htable.sht_get(pushing.OWNER, result.id)
-        if owner is None:
+        with pushing.owner_locked(result.id):
+            first = KSR.htable.sht_get(pushing.OWNER, result.id) is not None
+            KSR.htable.sht_rm(pushing.OWNER, result.id)
+            KSR.htable.sht_rm(pushing.UNACKED, result.id)
+        if not first:
             # Answered already (the push was taken over and the other pushd spoke
             # first), or past its deadline: the first verdict stands.
             log("push_result_late", id=result.id, verdict=result.verdict, conidx=conidx)
             return
-        KSR.htable.sht_rm(pushing.OWNER, result.id)
-        KSR.htable.sht_rm(pushing.UNACKED, result.id)
     KSR.htable.sht_rm(pushing.OUTBOX, result.id)
     log(
         "push_result",

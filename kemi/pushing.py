@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
+from collections.abc import Iterator
 
 import KSR
 
@@ -183,11 +185,23 @@ def take_over_from(conidx: str) -> int:
     """A pushd closed its connection: its unanswered call pushes go to another, now."""
     moved = 0
     for push_id, message in _outbox():
-        if str(KSR.htable.sht_get(OWNER, push_id)) == conidx and take_over(
-            push_id, message, conidx
-        ):
-            moved += 1
+        with owner_locked(push_id):
+            if str(KSR.htable.sht_get(OWNER, push_id)) == conidx and take_over(
+                push_id, message, conidx
+            ):
+                moved += 1
     return moved
+
+
+@contextlib.contextmanager
+def owner_locked(push_id: str) -> Iterator[None]:
+    """One push's holder, read and changed by one process at a time: the evapi process
+    (verdicts, closed connections) and the ack timer's never both act on one push."""
+    KSR.htable.sht_lock(OWNER, push_id)
+    try:
+        yield
+    finally:
+        KSR.htable.sht_unlock(OWNER, push_id)
 
 
 def ack_timer() -> None:
@@ -208,19 +222,27 @@ def ack_timer() -> None:
     finally:
         KSR.htable.sht_iterator_end("pgack")
     for push_id in late:
-        KSR.htable.sht_rm(UNACKED, push_id)
-        owner = KSR.htable.sht_get(OWNER, push_id)
-        if owner is None:
-            continue  # answered meanwhile
-        owner = str(owner)
-        if KSR.htable.sht_get(PUSHD, "s" + owner) is None:
-            KSR.htable.sht_seti(PUSHD, "s" + owner, 1)
-            set_state(owner, live=False)
-            log("pushd_hung", conidx=owner, id=push_id)
-        message = KSR.htable.sht_get(OUTBOX, push_id)
-        if message and take_over(push_id, str(message), owner):
-            # The hung pushd may still send it when it wakes: at most twice, counted.
-            log("push_taken_over", id=push_id, **{"from": owner})
+        with owner_locked(push_id):
+            _passed_over(push_id)
+
+
+def _passed_over(push_id: str) -> None:
+    """A push its pushd did not ack in time (under the push's owner lock)."""
+    if KSR.htable.sht_get(UNACKED, push_id) is None:
+        return  # acked or answered meanwhile
+    KSR.htable.sht_rm(UNACKED, push_id)
+    owner = KSR.htable.sht_get(OWNER, push_id)
+    if owner is None:
+        return
+    owner = str(owner)
+    if KSR.htable.sht_get(PUSHD, "s" + owner) is None:
+        KSR.htable.sht_seti(PUSHD, "s" + owner, 1)
+        set_state(owner, live=False)
+        log("pushd_hung", conidx=owner, id=push_id)
+    message = KSR.htable.sht_get(OUTBOX, push_id)
+    if message and take_over(push_id, str(message), owner):
+        # The hung pushd may still send it when it wakes: at most twice, counted.
+        log("push_taken_over", id=push_id, **{"from": owner})
 
 
 def call_push_id(held: held_calls.Held, n: int) -> wire.PushId:
