@@ -161,6 +161,6 @@ def test_a_message_a_local_user_stored_is_delivered_from_the_store(make_stack: M
     run = stack.register(alice, keep_open_ms=10000, take_message=True, label="woken")
     assert run.wait(15) == 97, run.output()[-2000:]
     message = next(m for m in run.received() if m.startswith("MESSAGE "))
-    assert f'From: "Bob" <sip:bob@{DOMAIN}>' in message or f"sip:bob@{DOMAIN}" in message
+    assert f"From: \"Bob\" <sip:bob@{DOMAIN}>" in message or f"sip:bob@{DOMAIN}" in message
     assert message.rstrip().endswith("from a neighbour")
     assert [e["method"] for e in stack.events("request_challenged")] == ["MESSAGE"]
