@@ -87,6 +87,9 @@ class PushgateRoutes:
     def ksr_pushgate_evapi(self, msg: object, evname: str) -> int:
         return _run("evapi", lambda: pushgate.evapi(evname))
 
+    def ksr_pushgate_ack_timer(self, msg: object, evname: str = "") -> int:
+        return _run("ack_timer", pushgate.ack_timer)
+
     def ksr_pushgate_xhttp(self, msg: object, evname: str = "") -> int:
         return _run("http", pushgate.http)
 

@@ -793,6 +793,10 @@ class Hooks:
     def evapi(self, evname: str) -> None:
         pushd_channel.on_event(self.settings, self.host, evname)
 
+    def ack_timer(self) -> None:
+        """rtimer, every 0.1 s: pushes a hung pushd did not ack go to another."""
+        pushing.ack_timer()
+
 
 def log_error(where: str) -> None:
     KSR.err(f"pushgate: {where}: " + traceback.format_exc().replace("\n", " | ") + "\n")

@@ -20,6 +20,8 @@ _EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "push_unavailable": ("held_calls", ("=pushd_unavailable",)),
     "wake_token": ("wake_tokens", ("accepted",)),
     "push_resent": ("pushes_resent", ()),
+    "push_taken_over": ("pushes_taken_over", ()),
+    "push_result_late": ("push_results_late", ()),
     "push_limited": ("held_calls", ("=push_limited",)),
     "edge_binding": ("edge_bindings", ("capped", "refreshable")),
     "hold_refused": ("held_calls", ("=refused_no_memory",)),

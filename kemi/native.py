@@ -104,6 +104,9 @@ class NativeEntry:
     def evapi(self, msg: object, evname: str) -> int:
         return _run("evapi", lambda: self.hooks.evapi(evname), TRUE)
 
+    def ack_timer(self, msg: object) -> int:
+        return _run("ack_timer", self.hooks.ack_timer, TRUE)
+
     def metrics(self, msg: object) -> int:
         return _run("metrics", self.hooks.metrics, TRUE)
 

@@ -19,9 +19,15 @@ def on_event(settings: Settings, host: Host, evname: str) -> None:
     conidx = str(KSR.pv.get("$evapi(conidx)"))
     if evname == "evapi:connection-closed":
         if KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is not None:
-            KSR.htable.sht_rm(pushing.PUSHD, "c" + conidx)
+            for key in ("c", "a", "s"):
+                KSR.htable.sht_rm(pushing.PUSHD, key + conidx)
+            pushing.set_state(conidx, live=False, connected=False)
             metrics.pushd_connected(pushing.pushd_connected())
             log("pushd_disconnected", conidx=conidx)
+            # Its unanswered pushes go to another pushd now (or to the next to connect).
+            moved = pushing.take_over_from(conidx)
+            if moved:
+                log("push_resent", count=moved)
         return
     if evname != "evapi:message-received":
         return
@@ -32,8 +38,11 @@ def on_event(settings: Settings, host: Host, evname: str) -> None:
         elif KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is None:
             KSR.err("pushgate: message from unauthenticated evapi client, closing\n")
             KSR.evapi.close()
+        elif message["type"] == wire.MessageType.ACK:
+            on_ack(conidx, wire.parse_ack(message))
         elif message["type"] == wire.MessageType.RESULT:
-            on_result(host, wire.parse_result(message))
+            alive(conidx)
+            on_result(host, conidx, wire.parse_result(message))
     except wire.WireError as exc:
         KSR.err(f"pushgate: bad message on the pushd channel: {exc}\n")
         if KSR.htable.sht_get(pushing.PUSHD, "c" + conidx) is None:
@@ -53,10 +62,14 @@ def on_hello(settings: Settings, conidx: str, hello: wire.Hello) -> None:
         KSR.evapi.close()
         return
     alone = not pushing.pushd_connected()
-    KSR.evapi.set_tag("pushd")
+    # A tag of its own: each push is unicast to one pushd (pushing.choose).
+    KSR.evapi.set_tag(pushing.tag(conidx))
     KSR.htable.sht_seti(pushing.PUSHD, "c" + conidx, 1)
+    if hello.version >= wire.ACKS_SINCE:
+        KSR.htable.sht_seti(pushing.PUSHD, "a" + conidx, 1)
+    pushing.set_state(conidx, live=True, connected=True)
     metrics.pushd_connected(True)
-    KSR.evapi.relay_unicast(wire.encode(wire.Welcome().message()), "pushd")
+    KSR.evapi.relay_unicast(wire.encode(wire.Welcome().message()), pushing.tag(conidx))
     log("pushd_connected", conidx=conidx, agent=hello.agent, version=hello.version)
     if alone:
         # Pushes the previous pushd took along unanswered (killed, hung and closed).
@@ -65,8 +78,33 @@ def on_hello(settings: Settings, conidx: str, hello: wire.Hello) -> None:
             log("push_resent", count=resent)
 
 
-def on_result(host: Host, result: wire.Result) -> None:
+def alive(conidx: str) -> None:
+    """A pushd that missed an ack speaks again: it gets pushes again."""
+    if KSR.htable.sht_get(pushing.PUSHD, "s" + conidx) is not None:
+        KSR.htable.sht_rm(pushing.PUSHD, "s" + conidx)
+        pushing.set_state(conidx, live=True)
+        log("pushd_resumed", conidx=conidx)
+
+
+def on_ack(conidx: str, ack: wire.Ack) -> None:
+    alive(conidx)
+    with pushing.owner_locked(ack.id):
+        if str(KSR.htable.sht_get(pushing.OWNER, ack.id)) == conidx:
+            KSR.htable.sht_rm(pushing.UNACKED, ack.id)
+
+
+def on_result(host: Host, conidx: str, result: wire.Result) -> None:
     push_id = wire.PushId.parse(result.id)
+    if push_id.tx is not None:
+        with pushing.owner_locked(result.id):
+            first = KSR.htable.sht_get(pushing.OWNER, result.id) is not None
+            KSR.htable.sht_rm(pushing.OWNER, result.id)
+            KSR.htable.sht_rm(pushing.UNACKED, result.id)
+        if not first:
+            # Answered already (the push was taken over and the other pushd spoke
+            # first), or past its deadline: the first verdict stands.
+            log("push_result_late", id=result.id, verdict=result.verdict, conidx=conidx)
+            return
     KSR.htable.sht_rm(pushing.OUTBOX, result.id)
     log(
         "push_result",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import zlib
+from collections.abc import Iterator
 
 import KSR
 
@@ -19,6 +22,20 @@ PUSHD = "pushgate_pushd"
 # Call push requests without a verdict yet ("<index>:<label>:<n>" -> message, until the
 # hold deadline): a pushd that dies with them unread must not take them along.
 OUTBOX = "pushgate_outbox"
+# Which pushd holds each push it has not answered yet: push id -> its evapi connection
+# index (until the deadline, plus a grace for its last word); the first verdict wins.
+OWNER = "pushgate_owner"
+# Pushes sent to a pushd that acks (protocol 3) and not acked yet: push id -> when sent
+# (epoch s). The ack timer scans this small table, never the held calls.
+UNACKED = "pushgate_unacked"
+ACK_WAIT = 0.5
+"""Seconds a pushd gets to ack a push before it counts as hung and another takes it."""
+OWNER_GRACE = 10
+# Keys of PUSHD: "c<conidx>" an authenticated pushd, "a<conidx>" it acks, "s<conidx>" it
+# missed an ack (hung); "live" / "all": comma lists of the connections that are not hung /
+# all authenticated ones, kept by the evapi and timer processes under the "lk" lock.
+LIVE = "live"
+ALL = "all"
 # Push flood limits (pushgate/flood.py): "d:<ruid>" / "c:<caller>|<aor>" -> call pushes in
 # the window; devices with a call push in flight: ruid -> 1 until woken or the deadline.
 RATE = "pushgate_rate"
@@ -83,8 +100,149 @@ def send(
     )
     if kind == wire.PushKind.CALL:
         KSR.htable.sht_setxs(OUTBOX, str(push_id), message, max(1, int(deadline - time.time())))
-    rc = KSR.evapi.relay_multicast(message, "pushd")
-    log("push_request", kind=kind, aor=aor, callid=data["call_id"], id=push_id, rc=rc)
+    conidx = choose(str(push_id))
+    rc = deliver(str(push_id), message, conidx, deadline) if conidx is not None else -1
+    log("push_request", kind=kind, aor=aor, callid=data["call_id"], id=push_id, rc=rc, to=conidx)
+
+
+# -- which pushd: one per push ------------------------------------------------------------
+
+
+def tag(conidx: str) -> str:
+    """The evapi tag of one pushd connection: pushes are unicast to it."""
+    return f"pushd{conidx}"
+
+
+def _listed(key: str) -> list[str]:
+    value = KSR.htable.sht_get(PUSHD, key)
+    return [c for c in str(value).split(",") if c] if value else []
+
+
+def choose(push_id: str, avoid: str = "") -> str | None:
+    """The pushd connection for one push: spread by the push id's hash over the pushd that
+    are not hung (if all are, over all of them: one may come back); None: no pushd."""
+    for key in (LIVE, ALL):
+        pool = [c for c in _listed(key) if c != avoid]
+        if pool:
+            return pool[zlib.crc32(push_id.encode()) % len(pool)]
+    return None
+
+
+def deliver(push_id: str, message: str, conidx: str, deadline: float) -> int:
+    """Hand one push to one pushd, remembering who holds it (and, if it acks, since when)."""
+    ttl = max(1, int(deadline - time.time()))
+    if push_id:
+        KSR.htable.sht_setxs(OWNER, push_id, conidx, ttl + OWNER_GRACE)
+        if KSR.htable.sht_get(PUSHD, "a" + conidx) is not None:
+            KSR.htable.sht_setxs(UNACKED, push_id, f"{time.time():.3f}", ttl)
+    return int(KSR.evapi.relay_unicast(message, tag(conidx)))
+
+
+def set_state(conidx: str, *, live: bool | None = None, connected: bool | None = None) -> None:
+    """Add a connection to / drop it from the live and the all lists."""
+    KSR.htable.sht_lock(PUSHD, "lk")
+    try:
+        for key, want in ((LIVE, live), (ALL, connected)):
+            if want is None:
+                continue
+            members = [c for c in _listed(key) if c != conidx] + ([conidx] if want else [])
+            KSR.htable.sht_sets(PUSHD, key, ",".join(members))
+    finally:
+        KSR.htable.sht_unlock(PUSHD, "lk")
+
+
+def _outbox() -> list[tuple[str, str]]:
+    """Call pushes without a verdict: (id, message); read first, acted on after."""
+    found: list[tuple[str, str]] = []
+    if KSR.htable.sht_iterator_start("pgout", OUTBOX) < 0:
+        return found
+    try:
+        while KSR.htable.sht_iterator_next("pgout") > 0:
+            message = KSR.pv.get("$shtitval(pgout)")
+            if message:
+                found.append((str(KSR.pv.get("$shtitkey(pgout)")), str(message)))
+    finally:
+        KSR.htable.sht_iterator_end("pgout")
+    return found
+
+
+def take_over(push_id: str, message: str, avoid: str) -> bool:
+    """Give a push another pushd than ``avoid`` (gone or hung); False: there is none."""
+    conidx = choose(push_id, avoid)
+    if conidx is None:
+        return False
+    try:
+        deadline = float(wire.decode(message)["deadline"])
+    except (wire.WireError, KeyError, TypeError, ValueError):
+        return False
+    if deadline <= time.time():
+        return False
+    deliver(push_id, message, conidx, deadline)
+    return True
+
+
+def take_over_from(conidx: str) -> int:
+    """A pushd closed its connection: its unanswered call pushes go to another, now."""
+    moved = 0
+    for push_id, message in _outbox():
+        with owner_locked(push_id):
+            if str(KSR.htable.sht_get(OWNER, push_id)) == conidx and take_over(
+                push_id, message, conidx
+            ):
+                moved += 1
+    return moved
+
+
+@contextlib.contextmanager
+def owner_locked(push_id: str) -> Iterator[None]:
+    """One push's holder, read and changed by one process at a time: the evapi process
+    (verdicts, closed connections) and the ack timer's never both act on one push."""
+    KSR.htable.sht_lock(OWNER, push_id)
+    try:
+        yield
+    finally:
+        KSR.htable.sht_unlock(OWNER, push_id)
+
+
+def ack_timer() -> None:
+    """Every 0.1 s (rtimer): a push not acked within ACK_WAIT marks its pushd hung; it
+    goes to another pushd. The scan covers UNACKED only: pushes of the last ACK_WAIT."""
+    now = time.time()
+    late: list[str] = []
+    if KSR.htable.sht_iterator_start("pgack", UNACKED) < 0:
+        return
+    try:
+        while KSR.htable.sht_iterator_next("pgack") > 0:
+            try:
+                sent = float(str(KSR.pv.get("$shtitval(pgack)")))
+            except ValueError:
+                sent = 0.0
+            if now - sent > ACK_WAIT:
+                late.append(str(KSR.pv.get("$shtitkey(pgack)")))
+    finally:
+        KSR.htable.sht_iterator_end("pgack")
+    for push_id in late:
+        with owner_locked(push_id):
+            _passed_over(push_id)
+
+
+def _passed_over(push_id: str) -> None:
+    """A push its pushd did not ack in time (under the push's owner lock)."""
+    if KSR.htable.sht_get(UNACKED, push_id) is None:
+        return  # acked or answered meanwhile
+    KSR.htable.sht_rm(UNACKED, push_id)
+    owner = KSR.htable.sht_get(OWNER, push_id)
+    if owner is None:
+        return
+    owner = str(owner)
+    if KSR.htable.sht_get(PUSHD, "s" + owner) is None:
+        KSR.htable.sht_seti(PUSHD, "s" + owner, 1)
+        set_state(owner, live=False)
+        log("pushd_hung", conidx=owner, id=push_id)
+    message = KSR.htable.sht_get(OUTBOX, push_id)
+    if message and take_over(push_id, str(message), owner):
+        # The hung pushd may still send it when it wakes: at most twice, counted.
+        log("push_taken_over", id=push_id, **{"from": owner})
 
 
 def call_push_id(held: held_calls.Held, n: int) -> wire.PushId:
@@ -175,14 +333,7 @@ def resend_outbox() -> int:
     while no other was); how many. A pushd that died after sending a push and before
     answering makes that push go out twice: the price of losing none."""
     sent = 0
-    if KSR.htable.sht_iterator_start("pgout", OUTBOX) < 0:
-        return 0
-    try:
-        while KSR.htable.sht_iterator_next("pgout") > 0:
-            message = KSR.pv.get("$shtitval(pgout)")
-            if message:
-                KSR.evapi.relay_multicast(str(message), "pushd")
-                sent += 1
-    finally:
-        KSR.htable.sht_iterator_end("pgout")
+    for push_id, message in _outbox():
+        if take_over(push_id, message, ""):
+            sent += 1
     return sent

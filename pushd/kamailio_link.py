@@ -7,7 +7,8 @@ the next welcome; beyond the bound the oldest are dropped, since Kamailio has lo
 failed those calls anyway. Nothing here blocks the loop: ``send_result`` only appends,
 and pushes are handed to a synchronous callback that must only schedule work.
 
-Protocol: docs/kamailio-pushd-protocol.md.
+Every push is acked as soon as it is read (Kamailio takes the pushes of a pushd that
+stops reading over, see docs/kamailio-pushd-protocol.md).
 """
 
 from __future__ import annotations
@@ -226,6 +227,10 @@ class KamailioLink:
             # Kamailio sends pushes only to connections it tagged after our hello, so a
             # push is as good as a welcome (covers a lost or absent welcome).
             self._authenticate()
+            push_id = msg.get("id")
+            if isinstance(push_id, str) and push_id:
+                # Read, so not hung: Kamailio gives pushes nobody acks to another pushd.
+                self.send_result(wire.Ack(id=push_id).message())
             try:
                 self._on_push(msg)
             except Exception:

@@ -13,7 +13,9 @@ Rules (the planner is pure, so they are unit-tested without a database):
 * only while the binding is alive: ``now < expires <= now + lead``; a row that is gone
   (removed, ``expires=0``) or expired at query time is never pushed;
 * at most one push per binding lifetime, keyed by ``(ruid, expires)``: a REGISTER
-  refresh moves ``expires``, and only then may the binding be pushed again;
+  refresh moves ``expires``, and only then may the binding be pushed again. The key is
+  claimed in the ``pushgate_refresh`` table (sql/pushgate-create.sql) before the push:
+  with several pushd on one database, one of them sends it;
 * never in the first half of a lifetime (the lead shrinks to ``lifetime / 2``), so a
   binding shorter than the lead cannot turn into a push -> REGISTER -> push loop;
 * valid pn-* params only, and for APNs only bindings with a regular (non-VoIP) token:
@@ -35,14 +37,17 @@ import contextlib
 import enum
 import itertools
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from pushd.config import Config, RefreshConfig, Secret
@@ -197,8 +202,13 @@ class BindingSource(Protocol):
         """Push bindings with ``now < expires <= horizon`` (epoch seconds)."""
         ...
 
+    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
+        """Of these binding lifetimes, the ones this pushd (``by``) is the first to push;
+        atomic against any other pushd claiming them at once."""
+        ...
+
     def cancel(self) -> None:
-        """Abort a ``fetch`` running in another thread (must be thread-safe, never block)."""
+        """Abort a ``fetch`` or ``claim`` running in another thread (thread-safe, no block)."""
         ...
 
     def close(self) -> None: ...
@@ -213,6 +223,24 @@ SELECT username, domain, ruid, contact, expires, last_modified, instance
  ORDER BY expires, ruid
  LIMIT %(limit)s
 """
+
+
+# One row per binding: its lifetime last pushed. A lifetime already there is claimed (no
+# row back); a new one (the binding re-registered) replaces it. Concurrent claims of one
+# ruid queue on the primary key, and the second sees the first's row: one winner.
+_CLAIM = """
+INSERT INTO pushgate_refresh AS r (ruid, expires, claimed_by, claimed_at)
+SELECT k.ruid, k.expires, %(by)s, LOCALTIMESTAMP
+  FROM unnest(%(ruids)s::varchar[], %(expires)s::bigint[]) AS k(ruid, expires)
+    ON CONFLICT (ruid) DO UPDATE
+   SET expires = EXCLUDED.expires, claimed_by = EXCLUDED.claimed_by,
+       claimed_at = EXCLUDED.claimed_at
+ WHERE r.expires <> EXCLUDED.expires
+RETURNING r.ruid, r.expires
+"""
+# Rows of bindings gone for a day (their lifetime long over) are dropped as claims go by.
+_FORGET = "DELETE FROM pushgate_refresh WHERE expires < %(before)s"
+FORGET_AFTER = 86400
 
 
 def to_db_time(epoch: float) -> datetime:
@@ -251,6 +279,38 @@ class LocationTable:
             self.close()
             raise DatabaseUnavailable(self._describe(exc)) from None
         return [_binding(row) for row in rows]
+
+    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
+        wanted = dict(keys)  # one lifetime per ruid (ON CONFLICT touches a row once)
+        if not wanted:
+            return set()
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                # The session is read-only (the location table is Kamailio's): this one
+                # transaction writes our own table.
+                cur.execute("BEGIN READ WRITE")
+                try:
+                    cur.execute(
+                        _CLAIM,
+                        {"by": by, "ruids": list(wanted), "expires": list(wanted.values())},
+                    )
+                    rows = cur.fetchall()
+                    cur.execute(_FORGET, {"before": int(time.time()) - FORGET_AFTER})
+                    cur.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(psycopg2.Error):
+                        cur.execute("ROLLBACK")
+                    raise
+        except psycopg2.errors.UndefinedTable:
+            self.close()
+            raise DatabaseUnavailable(
+                "no pushgate_refresh table: load sql/pushgate-create.sql into the database"
+            ) from None
+        except psycopg2.Error as exc:
+            self.close()
+            raise DatabaseUnavailable(self._describe(exc)) from None
+        return {(str(ruid), int(expires)) for ruid, expires in rows}
 
     def cancel(self) -> None:
         conn = self._conn
@@ -366,6 +426,10 @@ class Refresher:
         self._down_since: float | None = None
         self._failures = 0
         self._stopped = False
+        self.name = f"{socket.gethostname()[:40]}:{os.getpid()}"
+        """Who claims refreshes in pushgate_refresh (diagnostics)."""
+        self.lost_claims = 0
+        """Due refreshes another pushd claimed first."""
 
     # -- lifecycle --
 
@@ -420,17 +484,26 @@ class Refresher:
         now = max(started, self._clock())
         self._sent = {key: exp for key, exp in self._sent.items() if exp > now}
         due = due_refreshes(rows, now, self.lead, self._sent)
+        batch = due[: max(0, self._max_in_flight - self.in_flight)]
+        if len(batch) < len(due):
+            log.info(
+                "refresh: %d pushes in flight, %d due bindings wait for the next cycle",
+                self.in_flight,
+                len(due) - len(batch),
+            )
+        try:
+            claimed = await self._claim([item.key for item in batch]) if batch else set()
+        except DatabaseUnavailable as exc:
+            self._outage(str(exc), None)
+            return 0
         submitted = 0
-        for item in due:
-            if self.in_flight >= self._max_in_flight:
-                log.info(
-                    "refresh: %d pushes in flight, %d due bindings wait for the next cycle",
-                    self.in_flight,
-                    len(due) - submitted,
-                )
-                break
-            self._send(item)
-            submitted += 1
+        for item in batch:
+            if item.key in claimed:
+                self._send(item)
+                submitted += 1
+            else:
+                self._sent[item.key] = item.row.expires  # another pushd's: not ours to send
+                self.lost_claims += 1
         log.debug("refresh cycle: %d rows, %d due, %d submitted", len(rows), len(due), submitted)
         return submitted
 
@@ -439,6 +512,11 @@ class Refresher:
         pending = loop.run_in_executor(self._executor, self._source.fetch, now, horizon)
         self._pending = pending
         # Shielded: cancelling the cycle must not forget a thread still using the connection.
+        return await asyncio.shield(pending)
+
+    async def _claim(self, keys: list[RefreshKey]) -> set[RefreshKey]:
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._executor, self._source.claim, keys, self.name)
         return await asyncio.shield(pending)
 
     def _send(self, item: DueRefresh) -> None:

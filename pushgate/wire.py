@@ -5,7 +5,8 @@ only). Each message is a frozen dataclass; ``.message()`` gives the JSON object 
 crosses the channel, ``parse_<type>()`` reads one back, checking every field and naming
 the one that is wrong. The protocol is docs/kamailio-pushd-protocol.md::
 
-    pushd -> Kamailio    Hello (first on every connection), Result (one per push)
+    pushd -> Kamailio    Hello (first on every connection), Ack (a push read), Result
+                         (one per push)
     Kamailio -> pushd    Welcome (answers a good Hello), Push
 
     WireError (field, reason)   a message or one of its fields is malformed
@@ -20,8 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-VERSION = 2
-"""2: pushes without a held call have the id ``none:<n>`` (1 used the fake ``0:0:<n>``)."""
+VERSION = 3
+"""3: pushd acks each push it reads (:class:`Ack`); 2: pushes without a held call have the
+id ``none:<n>`` (1 used the fake ``0:0:<n>``)."""
+ACKS_SINCE = 3
+"""The first version whose pushd acks pushes: Kamailio waits for acks from those only."""
 MAX_MESSAGE = 60_000
 """Bytes of a push message, under pushd's 64 KiB netstring frame (pushd.netstring)."""
 MAX_TEXT = 256
@@ -35,6 +39,7 @@ class MessageType(enum.StrEnum):
     HELLO = "hello"
     WELCOME = "welcome"
     PUSH = "push"
+    ACK = "ack"
     RESULT = "result"
 
 
@@ -186,6 +191,17 @@ class Push:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Ack:
+    """pushd read a push (before it contacts any provider): a pushd that reads nothing
+    is hung, and Kamailio gives its pushes to another (docs/kamailio-pushd-protocol.md)."""
+
+    id: str
+
+    def message(self) -> dict[str, Any]:
+        return {"type": "ack", "id": self.id}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Result:
     """pushd's final word on one push; ``aor``/``ruid`` echoed from it."""
 
@@ -326,6 +342,14 @@ def parse_push(msg: Mapping[str, Any]) -> Push:
         instance=_str(msg, "instance"),
         data=data,
     )
+
+
+def parse_ack(msg: Mapping[str, Any]) -> Ack:
+    """An ``ack`` as Kamailio reads it: its ``id`` must be a :class:`PushId`."""
+    push_id = msg.get("id")
+    PushId.parse(push_id)
+    assert isinstance(push_id, str)
+    return Ack(id=push_id)
 
 
 def parse_result(msg: Mapping[str, Any]) -> Result:

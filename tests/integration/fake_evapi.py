@@ -2,7 +2,8 @@
 
 It speaks docs/kamailio-pushd-protocol.md from Kamailio's side: checks the hello's
 secret (closing the connection on a mismatch, as kamailio.cfg does), answers welcome,
-records every message with its connection number, and relays pushes. Runs inside the
+records every message with its connection number (acks apart, in ``acks``: what most
+tests wait for is the result), and relays pushes. Runs inside the
 test's event loop.
 """
 
@@ -28,6 +29,8 @@ class FakeEvapi:
         self.port = 0
         self.received: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue()
         self.writers: list[asyncio.StreamWriter] = []
+        self.acks: list[tuple[int, str]] = []
+        """(connection number, push id) of every ack pushd sent."""
         self._server: asyncio.Server | None = None
 
     async def start(self) -> FakeEvapi:
@@ -68,6 +71,9 @@ class FakeEvapi:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
                 for msg in decoder.feed(data):
+                    if msg.get("type") == "ack":
+                        self.acks.append((conn, msg.get("id", "")))
+                        continue
                     await self.received.put((conn, msg))
                     if msg.get("type") == "hello":
                         if msg.get("secret") != self.secret:

@@ -134,6 +134,7 @@ def test_push_in_result_out_through_the_dispatcher() -> None:
             assert conn == 0 and msg["type"] == "result"
             results[msg["id"]] = msg
         assert results["p1"]["verdict"] == "delivered" and results["p1"]["ruid"] == "r-p1"
+        assert server.acks == [(0, "p1"), (0, "p2")]  # each push acked when read
         assert results["p2"]["aor"] == "sip:alice@example.com"
         assert [r.token for r in provider.requests] == ["ab" * 32] * 2
         await stopped(link, task)

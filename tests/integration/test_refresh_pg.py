@@ -64,9 +64,9 @@ def cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture
 def db(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
-    execute(cluster, "DELETE FROM location")
+    execute(cluster, "DELETE FROM location; DELETE FROM pushgate_refresh")
     yield cluster
-    execute(cluster, "DELETE FROM location")
+    execute(cluster, "DELETE FROM location; DELETE FROM pushgate_refresh")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,60 @@ def test_one_refresh_push_per_binding_lifetime(
             await wiring.close()
 
     run(scenario())
+
+
+def test_two_pushd_on_one_database_send_each_refresh_once(
+    db: PostgresCluster, pki: TestPki, fake_apns: FakeApnsThread
+) -> None:
+    n = 40
+    ruids = [
+        insert_binding(db, f"u{i:02d}", apns_contact(f"u{i:02d}", token(i + 1)), expires_in=100)
+        for i in range(n)
+    ]
+
+    async def scenario() -> None:
+        one, two = Wiring(db, pki, fake_apns.port), Wiring(db, pki, fake_apns.port)
+        two.refresher.name = "second-pushd"
+        try:
+            # Both cycles at once, each from its own connection: the claims race in SQL.
+            got = await asyncio.gather(one.cycle(), two.cycle())
+            assert sum(got) == n, got
+            assert sorted(p.token for p in fake_apns.pushes) == sorted(
+                token(i + 1) for i in range(n)
+            )
+            assert one.refresher.lost_claims + two.refresher.lost_claims == n
+            assert await one.cycle() == 0 and await two.cycle() == 0
+            # A new lifetime (re-REGISTER) is pushed once more, by one of them.
+            renew(db, ruids[0], expires_in=110, lifetime=600)
+            assert sum(await asyncio.gather(one.cycle(), two.cycle())) == 1
+            assert len(fake_apns.pushes) == n + 1
+        finally:
+            await one.close()
+            await two.close()
+
+    run(scenario())
+
+
+def test_claims_without_the_table_pause_the_refresher_with_a_clear_reason(
+    db: PostgresCluster, pki: TestPki, fake_apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    insert_binding(db, "zoe", apns_contact("zoe", token(0x5A)), expires_in=100)
+    execute(db, "ALTER TABLE pushgate_refresh RENAME TO pushgate_refresh_away")
+
+    async def scenario() -> None:
+        wiring = Wiring(db, pki, fake_apns.port)
+        try:
+            with caplog.at_level(logging.WARNING, logger="pushd.refresh"):
+                assert await wiring.cycle() == 0
+            assert fake_apns.pushes == []
+        finally:
+            await wiring.close()
+
+    try:
+        run(scenario())
+    finally:
+        execute(db, "ALTER TABLE pushgate_refresh_away RENAME TO pushgate_refresh")
+    assert "load sql/pushgate-create.sql" in caplog.text
 
 
 def test_dead_token_is_reported_for_removal(

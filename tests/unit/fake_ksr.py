@@ -92,6 +92,23 @@ class _Htable:
         assert op == "sw"
         return 1 if any(k.startswith(prefix) for k in self._t(table)) else -1
 
+    def sht_iterator_start(self, name: str, table: str) -> int:
+        self._ksr.iterators[name] = list(self._t(table).items())
+        return 1
+
+    def sht_iterator_next(self, name: str) -> int:
+        items = self._ksr.iterators[name]
+        if not items:
+            return -1
+        key, value = items.pop(0)
+        self._ksr.pvs[f"$shtitkey({name})"] = key
+        self._ksr.pvs[f"$shtitval({name})"] = value
+        return 1
+
+    def sht_iterator_end(self, name: str) -> int:
+        del self._ksr.iterators[name]
+        return 1
+
     def sht_lock(self, table: str, key: str) -> int:
         self._ksr.calls.append(("htable", "sht_lock", (table, key)))
         return 1
@@ -134,6 +151,7 @@ class FakeKSR(types.ModuleType):
         self.returns: dict[str, Any] = {}
         self.pvs: dict[str, Any] = {}
         self.tables: dict[str, dict[str, Any]] = {}
+        self.iterators: dict[str, list[tuple[str, Any]]] = {}
         self.log: list[tuple[str, str]] = []
         self.method = "INVITE"
         self.pv = _Pv(self)

@@ -66,6 +66,13 @@ def relayed(ksr: fake_ksr.FakeKSR, function: str) -> list[dict[str, Any]]:
     return out
 
 
+def connected(ksr: fake_ksr.FakeKSR, conidx: str = "3") -> None:
+    """pushd ``conidx`` said hello (protocol 3: it acks)."""
+    ksr.tables.setdefault(pushing.PUSHD, {}).update(
+        {"c" + conidx: 1, "a" + conidx: 1, "live": conidx, "all": conidx}
+    )
+
+
 def to_kamailio(ksr: fake_ksr.FakeKSR, frame: bytes, conidx: str = "3") -> None:
     """One frame pushd wrote, through evapi (which strips the netstring) into kemi."""
     length, _, rest = frame.partition(b":")
@@ -142,7 +149,7 @@ def test_pushds_hello_is_accepted_by_kamailio_and_its_welcome_read_by_pushd(
     hello = asyncio.run(first_frame())
     ksr.tables[pushing.PUSHD] = {"c9": 1}  # another pushd is up: no outbox to resend
     to_kamailio(ksr, hello)
-    assert ksr.called("evapi", "set_tag") == [("pushd",)]
+    assert ksr.called("evapi", "set_tag") == [("pushd3",)]  # its own: pushes go to one
     assert ksr.called("evapi", "close") == []
     (welcome,) = relayed(ksr, "relay_unicast")
     assert wire.parse_welcome(welcome) == wire.Welcome(version=wire.VERSION)
@@ -164,8 +171,10 @@ def test_kamailios_call_pushes_are_read_by_pushd_and_its_results_end_the_call(
     settings = Settings.from_cfg()
     targets = [TARGET, {**TARGET, "ruid": "r2"}]
     held_calls.hold(HELD, "call-1", 30, targets)
+    connected(ksr)
     pushing.send_calls(settings, HELD, targets)
-    pushes = relayed(ksr, "relay_multicast")
+    pushes = relayed(ksr, "relay_unicast")
+    assert [tag for _, tag in ksr.called("evapi", "relay_unicast")] == ["pushd3", "pushd3"]
     assert [p["id"] for p in pushes] == ["5:9:0", "5:9:1"]
     gone = PushResult(verdict=Verdict.DELETE_TOKEN, status=410, reason="Unregistered")
     requests, frames = dispatch(pushes, gone)
@@ -199,8 +208,9 @@ def test_a_stored_message_notice_has_no_held_call_and_its_result_touches_none(
             "pn-param=ABCDE12345.com.example.app.voip"
         ),
     )  # fmt: skip
+    connected(ksr)
     messages.store(Settings.from_cfg(), "alice", HELD.uri, (binding,))
-    (push,) = relayed(ksr, "relay_multicast")
+    (push,) = relayed(ksr, "relay_unicast")
     assert push["id"] == "none:0" and push["kind"] == "message"
     held_calls.hold(HELD, "call-1", 30, [TARGET])  # a call held meanwhile stays held
     gone = PushResult(verdict=Verdict.GIVE_UP, reason="DeviceTokenNotForTopic")

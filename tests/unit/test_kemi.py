@@ -12,7 +12,7 @@ from tests.unit import fake_ksr
 
 fake_ksr.install()
 
-from kemi import capacity, held_calls, native, pushd_channel  # noqa: E402
+from kemi import capacity, held_calls, native, pushd_channel, pushing  # noqa: E402
 from kemi.host import KemiHost, NativeHost, Route  # noqa: E402
 from pushgate import wire  # noqa: E402
 
@@ -145,15 +145,21 @@ def result(verdict: str, n: int = 0) -> wire.Result:
     )
 
 
+def sent(ksr: fake_ksr.FakeKSR, *push_ids: str) -> None:
+    """These pushes went to pushd 3 and wait for its verdict."""
+    ksr.tables.setdefault(pushing.OWNER, {}).update(dict.fromkeys(push_ids, "3"))
+
+
 def test_a_failed_last_push_ends_the_held_call_and_a_dead_token_loses_its_binding(
     ksr: fake_ksr.FakeKSR,
 ) -> None:
     host = NativeHost()
     held_calls.hold(HELD, "call-1", 30, [TARGET, TARGET])
-    pushd_channel.on_result(host, result("delete_token", 0))
+    sent(ksr, "5:9:0", "5:9:1")
+    pushd_channel.on_result(host, "3", result("delete_token", 0))
     assert ksr.called("registrar", "unregister_ruid") == [("location", HELD.uri, "r1")]
     assert not host.pending  # one of two pushes still out: the call waits
-    pushd_channel.on_result(host, result("give_up", 1))
+    pushd_channel.on_result(host, "3", result("give_up", 1))
     assert list(host.pending) == [(5, 9, Route.PUSH_FAILED)]
     assert not held_calls.claim("5:9")  # taken by the verdict
 
@@ -161,7 +167,8 @@ def test_a_failed_last_push_ends_the_held_call_and_a_dead_token_loses_its_bindin
 def test_a_delivered_push_keeps_the_call_held(ksr: fake_ksr.FakeKSR) -> None:
     host = NativeHost()
     held_calls.hold(HELD, "call-1", 30, [TARGET])
-    pushd_channel.on_result(host, result("delivered"))
+    sent(ksr, "5:9:0")
+    pushd_channel.on_result(host, "3", result("delivered"))
     assert not host.pending and held_calls.claim("5:9")
 
 

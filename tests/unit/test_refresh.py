@@ -9,7 +9,7 @@ import os
 import socket
 import textwrap
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from pushd.refresh import (
     DueRefresh,
     LocationTable,
     Refresher,
+    RefreshKey,
     Skip,
     classify,
     dsn_secrets,
@@ -196,6 +197,18 @@ class FakeTable:
         self.error: Exception | None = None
         self.queries = 0
         self.closed = False
+        self.claims: dict[str, tuple[int, str]] = {}
+        """pushgate_refresh: ruid -> (expires, claimed_by)."""
+
+    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
+        if self.error is not None:
+            raise self.error
+        won = set()
+        for ruid, expires in keys:
+            if self.claims.get(ruid, (None, ""))[0] != expires:
+                self.claims[ruid] = (expires, by)
+                won.add((ruid, expires))
+        return won
 
     def fetch(self, now: float, horizon: float) -> list[BindingRow]:
         self.queries += 1
@@ -230,11 +243,11 @@ SETTINGS = RefreshConfig(database=Secret(DSN), interval=30, lead=LEAD)
 
 
 def make(
-    table: FakeTable, **kwargs: Any
+    table: FakeTable, clock: Clock | None = None, **kwargs: Any
 ) -> tuple[Refresher, list[tuple[dict[str, Any], Any]], list[dict[str, Any]], Clock]:
     submitted: list[tuple[dict[str, Any], Any]] = []
     reported: list[dict[str, Any]] = []
-    clock = Clock()
+    clock = clock or Clock()
     refresher = Refresher(
         SETTINGS,
         lambda msg, sink: submitted.append((msg.message(), sink)),
@@ -276,6 +289,29 @@ def test_refresher_pushes_once_per_lifetime() -> None:
         await refresher.stop()
         await refresher.stop()  # idempotent
         assert table.closed
+
+    run(scenario())
+
+
+def test_two_refreshers_on_one_table_push_each_lifetime_once() -> None:
+    table = FakeTable()
+    table.rows = [row(), row(ruid="ruid-2"), row(ruid="ruid-3")]
+    one, _, _, clock = make(table)
+    two, sent_two, _, _ = make(table, clock)
+    two.name = "other:2"
+
+    async def scenario() -> None:
+        assert await one.run_once() == 3
+        assert await two.run_once() == 0  # all claimed by the first
+        assert two.lost_claims == 3
+        table.rows[1] = row(ruid="ruid-2", expires_in=700)  # re-registered: new lifetime
+        clock.now += 560
+        assert await two.run_once() == 1
+        assert await one.run_once() == 0
+        assert [m["ruid"] for m, _ in sent_two] == ["ruid-2"]
+        assert table.claims["ruid-2"][1] == "other:2"
+        await one.stop()
+        await two.stop()
 
     run(scenario())
 

@@ -1,0 +1,221 @@
+"""Two pushd on one Kamailio (docs/cluster.md, "Several pushd"): real Kamailio, two real
+pushd processes, the fake APNs counting every push. Each push goes out once; a pushd
+killed (SIGKILL) or frozen (SIGSTOP) mid-load loses no call, its pushes taken over within
+a second."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from testkit import sipp
+from testkit.procs import stop, tail, wait_until
+from testkit.stack import REPO, Phone, Stack
+from tests.conftest import on_kamailio
+
+pytestmark = pytest.mark.e2e
+
+MakeStack = Callable[..., Stack]
+N = 10
+
+
+class SecondPushd:
+    """Another pushd process for the stack's Kamailio, next to ``stack.pushd_proc``."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.log = stack.logs / "pushd2.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        before = self.stack.count_events("pushd_connected")
+        config = self.stack.pushd_config(name="pushd2")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pushd", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            wait_until(
+                lambda: self.stack.count_events("pushd_connected") > before,
+                20,
+                "the second pushd to connect",
+            )
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc}\n{tail(self.log)}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: gone without a word."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        stop(self.proc)
+
+
+@pytest.fixture
+def two_pushd(
+    request: pytest.FixtureRequest, make_stack: MakeStack, kamailio_version: str
+) -> Iterator[tuple[Stack, SecondPushd]]:
+    """Our all-in-one config (KEMI: rtimer calls ``ksr_pushgate_ack_timer``) and Kamailio's
+    default config with Pushgate's patch (native: ``route[PUSHGATE_ACK_TIMER]``)."""
+    if getattr(request, "param", "allinone") == "allinone":
+        stack = make_stack(hold_timeout=30)
+    else:
+        patch = REPO / "patches" / f"kamailio-{kamailio_version}-default.patch"
+        stack = make_stack(hold_timeout=30, flavour="default", patches=[patch])
+    second = SecondPushd(stack)
+    second.start()
+    try:
+        yield stack, second
+    finally:
+        second.stop()
+
+
+def connections(stack: Stack) -> list[str]:
+    """evapi connection index of each pushd, in the order they connected."""
+    return [e["conidx"] for e in stack.events("pushd_connected")]
+
+
+def sleeping_phones(stack: Stack, n: int) -> list[Phone]:
+    phones = [stack.phone(f"user{i:02d}") for i in range(n)]
+    for phone in phones:
+        stack.register_and_sleep(phone)
+    return phones
+
+
+def call_all(stack: Stack, phones: list[Phone]) -> list[sipp.SippRun]:
+    return [stack.call(p.user, expect_answer=True, label=f"c-{p.user}") for p in phones]
+
+
+def voip_pushes(stack: Stack, phone: Phone) -> int:
+    assert stack.apns is not None
+    return sum(1 for p in stack.apns.pushes_for(phone.token) if p.push_type == "voip")
+
+
+def answered(callers: list[sipp.SippRun]) -> None:
+    for caller in callers:
+        assert caller.wait(40) == 0, caller.output()[-2000:]
+
+
+def no_tracebacks(stack: Stack) -> None:
+    assert "Traceback" not in stack.kamailio.log.read_text(errors="replace")
+
+
+def test_two_pushd_send_every_push_once_and_share_them(
+    two_pushd: tuple[Stack, SecondPushd],
+) -> None:
+    stack, _ = two_pushd
+    phones = sleeping_phones(stack, N)
+    woken = [stack.wake_on_push(p) for p in phones]
+    answered(call_all(stack, phones))
+    assert all(len(w) == 1 for w in woken)
+    assert {p.user: voip_pushes(stack, p) for p in phones} == {p.user: 1 for p in phones}
+    # Both took a share (the push id's hash picks; 10 pushes on one alone: 2 in 1024).
+    used = {e["to"] for e in stack.events("push_request")}
+    assert used == set(connections(stack)), used
+    assert stack.count_events("push_result_late") == 0
+    no_tracebacks(stack)
+
+
+@on_kamailio("5.6", "6.0")
+def test_a_pushd_killed_mid_load_loses_no_call(two_pushd: tuple[Stack, SecondPushd]) -> None:
+    stack, second = two_pushd
+    assert stack.apns is not None and stack.pushd_proc is not None
+    phones = sleeping_phones(stack, N)
+    # APNs sits 2 s on each first push: the killed pushd dies with its pushes sent and
+    # unanswered, the case where a push may go out twice (counted, documented).
+    for phone in phones:
+        stack.apns.script(phone.token, 200, times=1, delay=2.0)
+    woken = [stack.wake_on_push(p) for p in phones]
+    half = N // 2
+    callers = call_all(stack, phones[:half])
+    stack.apns.wait_for_pushes(half, timeout=10)  # sent, answers 2 s away
+    # Kill the one holding more of them (at least 3 of 5).
+    holder = Counter(e["to"] for e in stack.events("push_request")).most_common(1)[0][0]
+    held = [e["id"] for e in stack.events("push_request") if e["to"] == holder]
+    killed = time.monotonic()
+    if holder == connections(stack)[0]:
+        stack.kill_pushd()
+    else:
+        second.kill()
+    callers += call_all(stack, phones[half:])  # mid-load: more calls after the kill
+    answered(callers)
+    assert all(len(w) >= 1 for w in woken)
+    resent = sum(int(e["count"]) for e in stack.events("push_resent"))
+    assert resent == len(held)
+    # Every call pushed once, but for the pushes the dead one had already sent: twice.
+    per_phone = {p.user: voip_pushes(stack, p) for p in phones}
+    twice = [p for p in phones if per_phone[p.user] == 2]
+    assert len(held) >= 3 and len(twice) == len(held), per_phone
+    assert sorted(per_phone.values()) == sorted([2] * len(held) + [1] * (N - len(held)))
+    # Failover: the dead pushd's pushes reached APNs again right after the kill.
+    again = max(stack.apns.pushes_for(p.token)[1].time for p in twice) - killed
+    print(f"failover after SIGKILL: {len(twice)} pushes re-sent within {again:.3f} s")
+    assert again < 1.0, again
+    no_tracebacks(stack)
+
+
+@on_kamailio("5.6", "6.0")
+@pytest.mark.parametrize("two_pushd", ["allinone", "default"], indirect=True)
+def test_a_frozen_pushd_is_passed_over_within_a_second(
+    two_pushd: tuple[Stack, SecondPushd],
+) -> None:
+    stack, _ = two_pushd
+    assert stack.apns is not None
+    frozen = connections(stack)[0]
+    phones = sleeping_phones(stack, N)
+    woken = [stack.wake_on_push(p) for p in phones]
+    stack.pause_pushd()  # SIGSTOP: its TCP connection stays open, it reads nothing
+    started = time.monotonic()
+    callers = call_all(stack, phones)
+    answered(callers)
+    assert all(len(w) == 1 for w in woken)
+    # Each push once while it is frozen: those it got went to the other after 0.5 s.
+    assert {p.user: voip_pushes(stack, p) for p in phones} == {p.user: 1 for p in phones}
+    to_frozen = [e["id"] for e in stack.events("push_request") if e["to"] == frozen]
+    assert to_frozen, "the frozen pushd got no push (hash spread): nothing tested"
+    taken = {e["id"] for e in stack.events("push_taken_over")}
+    assert taken == set(to_frozen)
+    assert stack.count_events("pushd_hung") == 1
+    # How long a push sent to the frozen one waited: request -> taken over (Kamailio's
+    # clock), and the slowest push's arrival at APNs since the first call started.
+    sent_at = {e["id"]: float(e["t"]) for e in stack.events("push_request")}
+    waits = [float(e["t"]) - sent_at[e["id"]] for e in stack.events("push_taken_over")]
+    slowest = max(r.time for r in stack.apns.pushes) - started
+    print(f"takeover after SIGSTOP: {max(waits):.3f} s (of {len(waits)}); all out {slowest:.2f} s")
+    assert max(waits) < 1.0, waits
+
+    # SIGCONT: it reads its stale pushes, acks them and sends them (the documented
+    # at-most-twice); its results come second and are counted, not acted on.
+    assert stack.pushd_proc is not None
+    os.killpg(stack.pushd_proc.pid, signal.SIGCONT)
+    wait_until(lambda: stack.count_events("pushd_resumed") == 1, 10, "the pushd back")
+    wait_until(
+        lambda: stack.count_events("push_result_late") == len(to_frozen), 10, "its late results"
+    )
+    assert sum(voip_pushes(stack, p) for p in phones) == N + len(to_frozen)
+    # Back in the pool: new calls use it again.
+    before = len(stack.events("push_request"))
+    more = [stack.phone(f"late{i}") for i in range(6)]
+    for phone in more:
+        stack.register_and_sleep(phone)
+        stack.wake_on_push(phone)
+    answered(call_all(stack, more))
+    later = {e["to"] for e in stack.events("push_request")[before:]}
+    assert frozen in later, later
+    no_tracebacks(stack)
