@@ -140,14 +140,8 @@ class ApnsProvider:
         verdict = classify_apns(answer.status, reason, retry_after, topic=message.topic)
         if verdict.new_jwt and self._token is not None:
             self._token.expired(generation)
-        result = PushResult(
-            verdict=verdict.verdict,
-            status=answer.status,
-            reason=verdict.reason,
-            retry_after=verdict.retry_after,
-            provider_id=answer.apns_id if verdict.verdict is Verdict.DELIVERED else None,
-            hint=verdict.hint,
-        )
+        delivered = verdict.verdict is Verdict.DELIVERED
+        result = verdict.result(answer.status, answer.apns_id if delivered else None)
         return self._finish(request, message, result)
 
     def _no_answer(self, request: PushRequest, message: ApnsMessage, why: str) -> PushResult:

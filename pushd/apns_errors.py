@@ -19,22 +19,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pushd.model import Verdict
+from pushd.model import Classified, Verdict
 
 SUCCESS = 200
 
 
 @dataclass(frozen=True, kw_only=True)
-class ApnsVerdict:
-    """The classification of one APNs answer."""
+class ApnsVerdict(Classified):
+    """An APNs answer classified (``reason``: Apple's, else ``HTTP <status>``)."""
 
-    verdict: Verdict
-    reason: str | None = None
-    """Apple's ``reason``, else ``HTTP <status>``, else ``no answer``; None on success."""
-    retry_after: float | None = None
-    """Seconds to wait before retrying (only for RETRY, only when the server said so)."""
-    hint: str | None = None
-    """Operator-facing: what to fix (config errors) or what happened (others)."""
     new_jwt: bool = False
     """The provider token must be re-minted before the retry (ExpiredProviderToken)."""
 

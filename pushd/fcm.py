@@ -217,14 +217,7 @@ class FcmProvider:
             response.status_code,
             outcome.reason or "",
         )
-        return PushResult(
-            verdict=outcome.verdict,
-            status=response.status_code,
-            reason=outcome.reason,
-            retry_after=outcome.retry_after,
-            provider_id=name if isinstance(name, str) else None,
-            hint=outcome.hint,
-        )
+        return outcome.result(response.status_code, name if isinstance(name, str) else None)
 
     def _token_refused(self, exc: google.auth.exceptions.RefreshError) -> PushResult:
         # google-auth marks 5xx/429 from the token endpoint retryable (after its own retries).

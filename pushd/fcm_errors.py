@@ -16,11 +16,9 @@ Two choices are deliberately conservative:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from pushd.model import Verdict
-from pushd.retry import MAX_RETRY_AFTER
+from pushd.model import Classified, Verdict
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 
@@ -58,20 +56,6 @@ _HINTS = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class FcmVerdict:
-    """The classification of one FCM answer."""
-
-    verdict: Verdict
-    reason: str | None = None
-    """FCM ``errorCode``, else Google ``status``, else ``HTTP <n>``, else ``no answer``;
-    None on success."""
-    retry_after: float | None = None
-    """Seconds to wait before retrying (only for RETRY)."""
-    hint: str | None = None
-    """For CONFIG_ERROR: what the operator should fix."""
-
-
 def error_code(status: int, body: Mapping[str, Any] | None) -> str:
     """The most precise error code in an FCM error body (FcmError, then status, then HTTP)."""
     error = body.get("error") if isinstance(body, Mapping) else None
@@ -94,31 +78,24 @@ def _error_message(body: Mapping[str, Any] | None) -> str:
     return message if isinstance(message, str) else ""
 
 
-def _config_error(reason: str, hint_key: str) -> FcmVerdict:
-    return FcmVerdict(verdict=Verdict.CONFIG_ERROR, reason=reason, hint=_HINTS[hint_key])
+def _config_error(reason: str, hint_key: str) -> Classified:
+    return Classified(verdict=Verdict.CONFIG_ERROR, reason=reason, hint=_HINTS[hint_key])
 
 
-def token_endpoint_refused(reason: str) -> FcmVerdict:
+def token_endpoint_refused(reason: str) -> Classified:
     """The OAuth token endpoint refused the service account for good (not retryable)."""
     return _config_error(reason, "TOKEN_ENDPOINT")
 
 
-def _retry(reason: str, retry_after: float | None, minimum: float = 0.0) -> FcmVerdict:
-    if retry_after is None:
-        return FcmVerdict(verdict=Verdict.RETRY, reason=reason, retry_after=minimum or None)
-    wait = min(max(retry_after, minimum, 0.0), MAX_RETRY_AFTER)
-    return FcmVerdict(verdict=Verdict.RETRY, reason=reason, retry_after=wait)
-
-
-def _by_code(code: str, message: str, retry_after: float | None) -> FcmVerdict | None:
+def _by_code(code: str, message: str, retry_after: float | None) -> Classified | None:
     """Classification by FCM/Google error code; None when the code says nothing decisive."""
     if code == "UNREGISTERED":
-        return FcmVerdict(verdict=Verdict.DELETE_TOKEN, reason=code)
+        return Classified(verdict=Verdict.DELETE_TOKEN, reason=code)
     if code == "INVALID_ARGUMENT":
         lowered = message.lower()
         if any(phrase in lowered for phrase in _BAD_TOKEN_PHRASES):
-            return FcmVerdict(verdict=Verdict.DELETE_TOKEN, reason=code)
-        return FcmVerdict(verdict=Verdict.GIVE_UP, reason=code)
+            return Classified(verdict=Verdict.DELETE_TOKEN, reason=code)
+        return Classified(verdict=Verdict.GIVE_UP, reason=code)
     if code == "SENDER_ID_MISMATCH":
         return _config_error(code, code)
     # APNS_AUTH_ERROR is the deprecated name of THIRD_PARTY_AUTH_ERROR.
@@ -130,13 +107,13 @@ def _by_code(code: str, message: str, retry_after: float | None) -> FcmVerdict |
         return _config_error(code, "UNAUTHENTICATED")
     # RESOURCE_EXHAUSTED is the Google status that accompanies QUOTA_EXCEEDED.
     if code in ("QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED"):
-        return _retry(code, retry_after, QUOTA_MIN_RETRY_AFTER)
+        return Classified.retry(code, retry_after, QUOTA_MIN_RETRY_AFTER)
     if code in ("UNAVAILABLE", "INTERNAL"):
-        return _retry(code, retry_after)
+        return Classified.retry(code, retry_after)
     return None
 
 
-def _by_status(code: str, status: int, retry_after: float | None) -> FcmVerdict:
+def _by_status(code: str, status: int, retry_after: float | None) -> Classified:
     """Fallback on the HTTP status alone (no or unknown error code)."""
     if status == 401:
         return _config_error(code, "UNAUTHENTICATED")
@@ -145,25 +122,25 @@ def _by_status(code: str, status: int, retry_after: float | None) -> FcmVerdict:
     if status == 404:
         return _config_error(code, "NOT_FOUND")
     if status == 429:
-        return _retry(code, retry_after, QUOTA_MIN_RETRY_AFTER)
+        return Classified.retry(code, retry_after, QUOTA_MIN_RETRY_AFTER)
     if status == 408 or status >= 500:
-        return _retry(code, retry_after)
+        return Classified.retry(code, retry_after)
     # Other 4xx, UNSPECIFIED_ERROR, odd 1xx/3xx: this push cannot succeed as sent.
-    return FcmVerdict(verdict=Verdict.GIVE_UP, reason=code)
+    return Classified(verdict=Verdict.GIVE_UP, reason=code)
 
 
 def classify_fcm(
     status: int | None, body: Mapping[str, Any] | None, retry_after: float | None
-) -> FcmVerdict:
+) -> Classified:
     """Classify one FCM v1 ``messages:send`` answer.
 
     ``status`` is None when no HTTP answer came (connection error, timeout): retry.
     ``retry_after`` is the parsed Retry-After header in seconds, if any.
     """
     if status is None:
-        return _retry("no answer", retry_after)
+        return Classified.retry("no answer", retry_after)
     if 200 <= status < 300:
-        return FcmVerdict(verdict=Verdict.DELIVERED)
+        return Classified(verdict=Verdict.DELIVERED)
     code = error_code(status, body)
     by_code = _by_code(code, _error_message(body), retry_after)
     return by_code if by_code is not None else _by_status(code, status, retry_after)

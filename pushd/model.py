@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pushd.retry import MAX_RETRY_AFTER
 from pushgate.wire import PushKind, Verdict
 
 __all__ = [
@@ -78,6 +79,37 @@ class PushResult:
     hint: str | None = None
     """Operator-facing sentence from the provider's classifier (what to fix for a
     CONFIG_ERROR); the dispatcher logs it once per (provider, reason)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Classified:
+    """One provider answer as its classifier (``pushd/*_errors.py``) reads it."""
+
+    verdict: Verdict
+    reason: str | None = None
+    """The provider's own reason, else ``HTTP <n>``, else ``no answer``; None on success."""
+    retry_after: float | None = None
+    """Seconds to wait before retrying (only for RETRY)."""
+    hint: str | None = None
+    """Operator-facing: what to fix (config errors) or what happened (others)."""
+
+    @classmethod
+    def retry(cls, reason: str, retry_after: float | None, minimum: float = 0.0) -> Classified:
+        """RETRY after what the server asked, at least ``minimum``, at most a day."""
+        if retry_after is None:
+            return cls(verdict=Verdict.RETRY, reason=reason, retry_after=minimum or None)
+        wait = min(max(retry_after, minimum, 0.0), MAX_RETRY_AFTER)
+        return cls(verdict=Verdict.RETRY, reason=reason, retry_after=wait)
+
+    def result(self, status: int | None = None, provider_id: str | None = None) -> PushResult:
+        return PushResult(
+            verdict=self.verdict,
+            status=status,
+            reason=self.reason,
+            retry_after=self.retry_after,
+            provider_id=provider_id,
+            hint=self.hint,
+        )
 
 
 class Provider(Protocol):

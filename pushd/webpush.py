@@ -137,14 +137,7 @@ class WebpushProvider:
             response.status,
             outcome.reason or "",
         )
-        return PushResult(
-            verdict=outcome.verdict,
-            status=response.status,
-            reason=outcome.reason,
-            retry_after=outcome.retry_after,
-            provider_id=response.headers.get("Location"),
-            hint=outcome.hint,
-        )
+        return outcome.result(response.status, response.headers.get("Location"))
 
     async def close(self) -> None:
         if self._closed:

@@ -10,10 +10,7 @@ See docs/provider-errors.md ("Web Push").
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pushd.model import Verdict
-from pushd.retry import MAX_RETRY_AFTER
+from pushd.model import Classified, Verdict
 
 _HINTS = {
     400: (
@@ -36,41 +33,23 @@ _HINTS = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class WebpushVerdict:
-    """The classification of one push service answer."""
-
-    verdict: Verdict
-    reason: str | None = None
-    """``HTTP <n>`` or ``no answer``; None on success."""
-    retry_after: float | None = None
-    """Seconds to wait before retrying (only for RETRY)."""
-    hint: str | None = None
-    """For CONFIG_ERROR: what the operator should fix."""
-
-
-def classify_webpush(status: int | None, retry_after: float | None) -> WebpushVerdict:
+def classify_webpush(status: int | None, retry_after: float | None) -> Classified:
     """Classify one RFC 8030 push request's answer.
 
     ``status`` is None when no HTTP answer came (connection error, timeout): retry.
     ``retry_after`` is the parsed Retry-After header in seconds, if any.
     """
     if status is None:
-        return _retry("no answer", retry_after)
+        return Classified.retry("no answer", retry_after)
     reason = f"HTTP {status}"
     if 200 <= status < 300:
-        return WebpushVerdict(verdict=Verdict.DELIVERED)
+        return Classified(verdict=Verdict.DELIVERED)
     if status in (404, 410):
         # The subscription is gone (expired, unsubscribed): the binding is useless.
-        return WebpushVerdict(verdict=Verdict.DELETE_TOKEN, reason=reason)
+        return Classified(verdict=Verdict.DELETE_TOKEN, reason=reason)
     if status == 429 or status == 408 or status >= 500:
-        return _retry(reason, retry_after)
+        return Classified.retry(reason, retry_after)
     if status in _HINTS:
-        return WebpushVerdict(verdict=Verdict.CONFIG_ERROR, reason=reason, hint=_HINTS[status])
+        return Classified(verdict=Verdict.CONFIG_ERROR, reason=reason, hint=_HINTS[status])
     # Other 4xx, odd 1xx/3xx: this push cannot succeed as sent; the binding may be fine.
-    return WebpushVerdict(verdict=Verdict.GIVE_UP, reason=reason)
-
-
-def _retry(reason: str, retry_after: float | None) -> WebpushVerdict:
-    wait = None if retry_after is None else min(max(retry_after, 0.0), MAX_RETRY_AFTER)
-    return WebpushVerdict(verdict=Verdict.RETRY, reason=reason, retry_after=wait)
+    return Classified(verdict=Verdict.GIVE_UP, reason=reason)
