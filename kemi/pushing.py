@@ -19,8 +19,10 @@ from pushgate.decision import Binding
 WAKE_TOKENS = "pushgate_waketok"
 RINGING = "pushgate_ringing"
 PUSHD = "pushgate_pushd"
-# Call push requests without a verdict yet ("<index>:<label>:<n>" -> message, until the
-# hold deadline): a pushd that dies with them unread must not take them along.
+# Push requests of calls without a verdict yet ("<index>:<label>:<n>" -> message, until
+# the push's deadline): call pushes (the hold) and cancel / missed-call notices
+# (PUSHGATE_NOTICE_TTL). A pushd that dies or hangs with them unsent must not take them
+# along: they go to another pushd.
 OUTBOX = "pushgate_outbox"
 # Which pushd holds each push it has not answered yet: push id -> its evapi connection
 # index (until the deadline, plus a grace for its last word); the first verdict wins.
@@ -98,7 +100,7 @@ def send(
         deadline=deadline,
         data=data,
     )
-    if kind == wire.PushKind.CALL:
+    if push_id.tx is not None:
         KSR.htable.sht_setxs(OUTBOX, str(push_id), message, max(1, int(deadline - time.time())))
     conidx = choose(str(push_id))
     rc = deliver(str(push_id), message, conidx, deadline) if conidx is not None else -1
@@ -152,7 +154,7 @@ def set_state(conidx: str, *, live: bool | None = None, connected: bool | None =
 
 
 def _outbox() -> list[tuple[str, str]]:
-    """Call pushes without a verdict: (id, message); read first, acted on after."""
+    """Call pushes and notices without a verdict: (id, message); read first, acted on after."""
     found: list[tuple[str, str]] = []
     if KSR.htable.sht_iterator_start("pgout", OUTBOX) < 0:
         return found
@@ -182,7 +184,8 @@ def take_over(push_id: str, message: str, avoid: str) -> bool:
 
 
 def take_over_from(conidx: str) -> int:
-    """A pushd closed its connection: its unanswered call pushes go to another, now."""
+    """A pushd closed its connection: its unanswered call pushes and notices go to
+    another, now."""
     moved = 0
     for push_id, message in _outbox():
         with owner_locked(push_id):
@@ -250,6 +253,13 @@ def call_push_id(held: held_calls.Held, n: int) -> wire.PushId:
     return wire.PushId(tx=wire.Tx(held.index, held.label), n=n)
 
 
+def notice_push_id(held: held_calls.Held, n: int, targets: int) -> wire.PushId:
+    """The notice to the call's n-th target: numbered after the call's ``targets`` pushes,
+    so a call push still without a verdict and its device's notice each keep their own
+    holder, outbox entry and verdict."""
+    return call_push_id(held, targets + n)
+
+
 def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, str]]) -> None:
     deadline = time.time() + settings.hold_timeout
     window = settings.limits.window
@@ -313,9 +323,13 @@ def send_notices(
     # A binding removed meanwhile (un-REGISTER, token the provider called dead) gets
     # nothing more.
     current = {b.ruid for b in bindings}
-    for n, dest in enumerate(held_calls.targets(held)):
+    targets = held_calls.targets(held)
+    for n, dest in enumerate(targets):
+        # The call is over: a call push a dead pushd took along is not sent again.
+        KSR.htable.sht_rm(OUTBOX, str(call_push_id(held, n)))
         if dest.get("pushed") and dest["instance"] not in awake and dest["ruid"] in current:
-            send(held.aor, held.uri, call_push_id(held, n), dest, kind, deadline, data)
+            push_id = notice_push_id(held, n, len(targets))
+            send(held.aor, held.uri, push_id, dest, kind, deadline, data)
 
 
 def store_ringing(aor: str) -> None:
@@ -329,8 +343,8 @@ def pushd_connected() -> bool:
 
 
 def resend_outbox() -> int:
-    """Send every call push still without a verdict again (to a pushd that just connected
-    while no other was); how many. A pushd that died after sending a push and before
+    """Send every call push and notice still without a verdict again (to a pushd that just
+    connected while no other was); how many. A pushd that died after sending a push and before
     answering makes that push go out twice: the price of losing none."""
     sent = 0
     for push_id, message in _outbox():

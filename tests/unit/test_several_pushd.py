@@ -17,6 +17,7 @@ from kemi import held_calls, pushd_channel, pushing  # noqa: E402
 from kemi.host import NativeHost, Route  # noqa: E402
 from kemi.settings import Settings  # noqa: E402
 from pushgate import wire  # noqa: E402
+from pushgate.decision import Binding  # noqa: E402
 
 HELD = held_calls.Held(aor="alice", uri="sip:alice@example.com", index=5, label=9)
 
@@ -175,3 +176,106 @@ def test_a_malformed_ack_is_named_and_changes_nothing(ksr: fake_ksr.FakeKSR) -> 
     assert any("id: expected" in text for level, text in ksr.log if level == "err")
     assert list(ksr.tables[pushing.UNACKED]) == ["5:9:0"]  # still waits for its ack
     assert ksr.called("evapi", "close") == []  # an authenticated pushd keeps its link
+
+
+# -- cancel / missed-call notices ---------------------------------------------------------
+
+
+def asleep(n: int) -> list[Binding]:
+    return [
+        Binding(
+            ruid=t["ruid"],
+            uri="sip:a@192.0.2.1",
+            instance=t["instance"],
+            transport="tcp",
+            alive=False,
+            push=None,
+        )
+        for t in (target(i) for i in range(n))
+    ]
+
+
+def notify(ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch, n: int) -> list[str]:
+    """The call ends (cancelled) with its n pushed devices asleep: the notices' ids."""
+    monkeypatch.setattr(pushing.ksr_bindings, "fetch", lambda aor: ("alice", asleep(n)))
+    before = len(pushes(ksr))
+    pushing.send_notices(Settings.from_cfg(), HELD, wire.PushKind.CANCEL)
+    return [i for i, _ in pushes(ksr)[before:]]
+
+
+def kinds(ksr: fake_ksr.FakeKSR, since: int) -> list[tuple[str, str, str]]:
+    """(id, kind, tag) of the pushes unicast after the first ``since``."""
+    out = []
+    for text, tag in ksr.called("evapi", "relay_unicast"):
+        msg = wire.decode(text)
+        if msg["type"] == "push":
+            out.append((msg["id"], msg["kind"], tag))
+    return out[since:]
+
+
+def test_notices_of_a_closed_pushd_go_to_another_at_once_and_only_them(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hello(ksr, "1")
+    hello(ksr, "2")
+    call(ksr, 8)  # call pushes 5:9:0..7, none answered yet
+    pending = len(ksr.tables[held_calls.PENDING])
+    notices = notify(ksr, monkeypatch, 8)
+    # Numbered after the call's pushes: each keeps its own holder and verdict.
+    assert sorted(notices) == sorted(f"5:9:{n}" for n in range(8, 16))
+    on_1 = sorted(i for i, tag in pushes(ksr)[8:] if tag == "pushd1")
+    assert on_1, "no notice hashed to pushd1 (8 ids): nothing tested"
+    before = len(pushes(ksr))
+    event(ksr, "1", None)
+    moved = kinds(ksr, before)
+    # Its notices, to the other pushd; not the cancelled call's VoIP pushes.
+    assert sorted(i for i, _, _ in moved) == on_1
+    assert {(k, tag) for _, k, tag in moved} == {("cancel", "pushd2")}
+    assert f"count={len(on_1)}" in events(ksr, "push_resent")[0]
+    # Re-sending held nothing: no call's outstanding push count changed.
+    assert len(ksr.tables[held_calls.PENDING]) == pending
+
+
+def test_a_notice_not_acked_is_taken_over_after_the_ack_wait(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hello(ksr, "1")
+    hello(ksr, "2")
+    call(ksr, 8)
+    for n in range(8):  # every call push answered: only the notices are in flight
+        holder = "1" if (f"5:9:{n}", "pushd1") in pushes(ksr) else "2"
+        event(ksr, holder, wire.Result(id=f"5:9:{n}", verdict=wire.Verdict.DELIVERED).message())
+    assert not ksr.tables[pushing.OUTBOX]
+    notices = notify(ksr, monkeypatch, 8)
+    assert set(ksr.tables[pushing.OUTBOX]) == set(notices)
+    on = {tag: sorted(i for i, t in pushes(ksr)[8:] if t == tag) for tag in ("pushd1", "pushd2")}
+    assert on["pushd1"] and on["pushd2"], on
+    for push_id in on["pushd2"]:
+        event(ksr, "2", wire.Ack(id=push_id).message())
+    for push_id in ksr.tables[pushing.UNACKED]:
+        ksr.tables[pushing.UNACKED][push_id] = f"{time.time() - pushing.ACK_WAIT - 0.1:.3f}"
+    before = len(pushes(ksr))
+    pushing.ack_timer()
+    moved = kinds(ksr, before)
+    assert sorted(i for i, _, _ in moved) == on["pushd1"]
+    assert {(k, tag) for _, k, tag in moved} == {("cancel", "pushd2")}
+    assert len(events(ksr, "push_taken_over")) == len(on["pushd1"])
+    # Their verdicts end them: nothing is left to re-send.
+    for push_id in notices:
+        event(ksr, "2", wire.Result(id=push_id, verdict=wire.Verdict.DELIVERED).message())
+    assert not ksr.tables[pushing.OUTBOX]
+
+
+def test_a_notice_past_its_ttl_is_not_sent_again(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hello(ksr, "1")
+    hello(ksr, "2")
+    call(ksr, 8)
+    notify(ksr, monkeypatch, 8)
+    ttl = Settings.from_cfg().notice_ttl
+    later = time.time() + ttl + 1
+    monkeypatch.setattr(pushing.time, "time", lambda: later)
+    before = len(pushes(ksr))
+    event(ksr, "1", None)
+    assert pushes(ksr)[before:] == []
