@@ -219,3 +219,106 @@ def test_a_frozen_pushd_is_passed_over_within_a_second(
     later = {e["to"] for e in stack.events("push_request")[before:]}
     assert frozen in later, later
     no_tracebacks(stack)
+
+
+# -- cancel notices -------------------------------------------------------------------------
+
+CANCEL_AFTER_MS = 4000
+
+
+def cancelled_calls(stack: Stack, phones: list[Phone]) -> list[sipp.SippRun]:
+    """Each phone called and, CANCEL_AFTER_MS later, cancelled while it still sleeps."""
+    callers = [
+        sipp.start(
+            "caller_cancel",
+            target_port=stack.kamailio.sip_port,
+            logdir=stack.logs,
+            keys={"domain": "pushgate.test", "callee": p.user, "caller_domain": "caller.example"},
+            pause_ms=CANCEL_AFTER_MS,
+            label=f"x-{p.user}",
+        )
+        for p in phones
+    ]
+    # Every call push answered (before any CANCEL): only the notices are left in flight.
+    wait_until(lambda: stack.count_events("push_result") == len(phones), 10, "the call pushes")
+    return callers
+
+
+def cancel_notices(stack: Stack, phone: Phone) -> list[float]:
+    """When each cancel notice (an alert push) for ``phone`` reached the fake APNs."""
+    assert stack.apns is not None
+    return [p.time for p in stack.apns.pushes_for(phone.token) if p.push_type == "alert"]
+
+
+def notices_to(stack: Stack, conidx: str) -> list[str]:
+    return [
+        e["id"] for e in stack.events("push_request") if e["kind"] == "cancel" and e["to"] == conidx
+    ]
+
+
+def test_cancel_notices_a_frozen_pushd_got_are_taken_over_and_sent_once(
+    two_pushd: tuple[Stack, SecondPushd],
+) -> None:
+    stack, _ = two_pushd
+    frozen = connections(stack)[0]
+    phones = sleeping_phones(stack, N)
+    callers = cancelled_calls(stack, phones)
+    stack.pause_pushd()  # SIGSTOP: reads nothing, acks nothing, its connection open
+    assert stack.count_events("cancel_held") == 0, "a CANCEL came before the freeze"
+    answered(callers)  # 200 to the CANCEL, 487 to the INVITE
+    wait_until(lambda: all(cancel_notices(stack, p) for p in phones), 10, "the notices")
+    to_frozen = notices_to(stack, frozen)
+    assert to_frozen, "no notice went to the frozen pushd (hash spread): nothing tested"
+    assert {e["id"] for e in stack.events("push_taken_over")} == set(to_frozen)
+    sent_at = {e["id"]: float(e["t"]) for e in stack.events("push_request")}
+    waits = [float(e["t"]) - sent_at[e["id"]] for e in stack.events("push_taken_over")]
+    print(f"cancel notices taken over after SIGSTOP: {max(waits):.3f} s (of {len(waits)})")
+    assert max(waits) < 1.0, waits
+    # Killed while frozen, it never sent them: each device got its notice exactly once,
+    # and nothing is left to re-send (their holder is the other pushd now).
+    stack.kill_pushd()
+    wait_until(lambda: stack.count_events("pushd_disconnected") == 1, 10, "the closed link")
+    wait_until(lambda: stack.count_events("push_result") == 2 * N, 10, "every notice's verdict")
+    assert {p.user: len(cancel_notices(stack, p)) for p in phones} == {p.user: 1 for p in phones}
+    assert stack.count_events("push_resent") == 0
+    no_tracebacks(stack)
+
+
+@on_kamailio("5.6", "6.0")
+def test_cancel_notices_a_killed_pushd_was_sending_are_sent_again_at_once(
+    two_pushd: tuple[Stack, SecondPushd],
+) -> None:
+    stack, second = two_pushd
+    assert stack.apns is not None
+    phones = sleeping_phones(stack, N)
+    callers = cancelled_calls(stack, phones)
+    # APNs sits 2 s on each notice: the killed pushd dies with them sent and unanswered.
+    for phone in phones:
+        stack.apns.script(phone.token, 200, times=1, delay=2.0)
+    answered(callers)
+    wait_until(lambda: all(cancel_notices(stack, p) for p in phones), 10, "the notices")
+    holder = Counter(
+        e["to"] for e in stack.events("push_request") if e["kind"] == "cancel"
+    ).most_common(1)[0][0]
+    held = notices_to(stack, holder)
+    killed = time.monotonic()
+    if holder == connections(stack)[0]:
+        stack.kill_pushd()
+    else:
+        second.kill()
+    wait_until(lambda: stack.count_events("push_resent") == 1, 10, "the notices re-sent")
+    assert int(stack.events("push_resent")[0]["count"]) == len(held)
+    wait_until(
+        lambda: sum(len(cancel_notices(stack, p)) for p in phones) == N + len(held),
+        10,
+        "the notices at APNs again",
+    )
+    # Sent, then the pushd died before the verdict: those go out twice (counted); the
+    # others once. None is lost.
+    per_phone = sorted(len(cancel_notices(stack, p)) for p in phones)
+    assert per_phone == sorted([2] * len(held) + [1] * (N - len(held)))
+    again = max(cancel_notices(stack, p)[1] for p in phones if len(cancel_notices(stack, p)) > 1)
+    print(f"cancel notices re-sent after SIGKILL: {len(held)} within {again - killed:.3f} s")
+    assert again - killed < 1.0
+    assert stack.count_events("push_taken_over") == 0  # acked: the closed link moved them
+    no_tracebacks(stack)
