@@ -30,7 +30,7 @@ from pushd.http_api import ApiHandler, HttpApi
 from pushd.kamailio_link import KamailioLink
 from pushd.metrics import Metrics
 from pushd.model import Environment, Provider, ProviderName, PushKind, Verdict
-from pushd.refresh import Refresher, dsn_secrets, start_refresher
+from pushd.refresh import Refresher, SchemaTooOld, dsn_secrets, start_refresher
 from pushgate import wire
 
 log = logging.getLogger("pushd.app")
@@ -121,8 +121,11 @@ class PushDaemon:
             metrics=self.metrics,
             max_in_flight=self.config.limits.max_in_flight,
         )
+        # Before the link: a refresher that cannot run stops pushd before it takes pushes.
+        self.refresher = await start_refresher(
+            self.config, self.dispatcher.submit, self.link.send_result
+        )
         self._link_task = asyncio.create_task(self.link.run(), name="kamailio-link")
-        self.refresher = start_refresher(self.config, self.dispatcher.submit, self.link.send_result)
         await self._start_api(self.dispatcher)
 
     async def _start_api(self, dispatcher: Dispatcher) -> None:
@@ -248,6 +251,10 @@ async def _serve(config: Config) -> int:
     daemon = PushDaemon(config)
     try:
         await daemon.start()
+    except SchemaTooOld as exc:  # the operator's to fix: no traceback
+        log.error("cannot start: %s", exc)
+        await daemon.stop()
+        return EXIT_FAILED
     except Exception as exc:
         log.exception("cannot start: %s", exc)
         return EXIT_FAILED

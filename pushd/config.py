@@ -147,6 +147,10 @@ class RefreshConfig:
     """Seconds between two reads of the location table."""
     lead: float = 150.0
     """Push this many seconds before a binding expires (RFC 8599 §5.5: at least 120)."""
+    lease: float = 60.0
+    """Seconds a claimed refresh stays this pushd's without word that it went out (a
+    verdict, or the renewal each cycle while it is retried); then any pushd may take it:
+    a pushd killed between claim and push loses no refresh."""
     enabled: bool = True
 
 
@@ -191,7 +195,8 @@ class Config:
         parts.append(f"retry={r.initial_delay:g}s..{r.max_delay:g}s x{r.multiplier:g}")
         parts.append(f"log={self.log.level}/{self.log.format}")
         if self.refresh is not None and self.refresh.enabled:
-            parts.append(f"refresh=every {self.refresh.interval:g}s lead {self.refresh.lead:g}s")
+            rf = self.refresh
+            parts.append(f"refresh=every {rf.interval:g}s lead {rf.lead:g}s lease {rf.lease:g}s")
         return " ".join(parts)
 
 
@@ -615,10 +620,18 @@ class _Parser:
             raise s.error("database", "required (or database_file): DSN of the usrloc database")
         interval = s.number("interval", 30.0, low=1.0, high=3600.0)
         lead = s.number("lead", 150.0, low=120.0, high=86400.0)
+        # A live pushd renews its claims once a cycle: the lease spans two at least.
+        lease = s.number("lease", max(60.0, 2 * interval), low=2.0, high=7200.0)
         enabled = s.flag("enabled", True)
         s.finish()
         if interval >= lead:
             raise s.error("interval", f"must be < refresh.lead ({lead:g}) or bindings slip by")
+        if lease < 2 * interval:
+            raise s.error(
+                "lease",
+                f"must be >= 2 x refresh.interval ({2 * interval:g}): a live pushd renews "
+                "its claims once per interval, a shorter lease hands them to another pushd",
+            )
         if lead - interval < 120:
             log.warning(
                 "refresh.lead %g - refresh.interval %g < 120: some pushes will come later "
@@ -644,7 +657,9 @@ class _Parser:
             _check_dsn(s, "database", inline)
             if self.check_files:
                 self._warn_if_readable(path, "holds refresh.database")
-        return RefreshConfig(database=secret, interval=interval, lead=lead, enabled=enabled)
+        return RefreshConfig(
+            database=secret, interval=interval, lead=lead, lease=lease, enabled=enabled
+        )
 
     # -- value helpers ---------------------------------------------------------------------
 

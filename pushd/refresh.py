@@ -15,7 +15,10 @@ Rules (the planner is pure, so they are unit-tested without a database):
 * at most one push per binding lifetime, keyed by ``(ruid, expires)``: a REGISTER
   refresh moves ``expires``, and only then may the binding be pushed again. The key is
   claimed in the ``pushgate_refresh`` table (sql/pushgate-create.sql) before the push:
-  with several pushd on one database, one of them sends it;
+  with several pushd on one database, one of them sends it. A claim is a lease: marked
+  sent once the provider's final verdict is in (renewed each cycle while the push is
+  retried), else any pushd may take it again after ``refresh.lease`` seconds, so a pushd
+  killed between claim and push loses no refresh;
 * never in the first half of a lifetime (the lead shrinks to ``lifetime / 2``), so a
   binding shorter than the lead cannot turn into a push -> REGISTER -> push loop;
 * valid pn-* params only, and for APNs only bindings with a regular (non-VoIP) token:
@@ -195,6 +198,17 @@ class DatabaseUnavailable(Exception):
     """Reading the location table failed; the message is safe to log (no DSN, no password)."""
 
 
+class SchemaTooOld(Exception):
+    """``pushgate_refresh`` is missing or older than this pushd (its ``version`` row): the
+    operator must load or upgrade it. The message names the table and the file to run."""
+
+
+TABLE = "pushgate_refresh"
+SCHEMA_VERSION = 2
+"""``pushgate_refresh``'s ``version`` row this code needs (sql/pushgate-create.sql).
+2: a claim is a lease (``sent``)."""
+
+
 class BindingSource(Protocol):
     """Where push bindings come from. ``fetch`` and ``close`` may block."""
 
@@ -202,9 +216,19 @@ class BindingSource(Protocol):
         """Push bindings with ``now < expires <= horizon`` (epoch seconds)."""
         ...
 
-    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
-        """Of these binding lifetimes, the ones this pushd (``by``) is the first to push;
-        atomic against any other pushd claiming them at once."""
+    def claim(self, keys: Sequence[RefreshKey], by: str, lease: float) -> set[RefreshKey]:
+        """Of these binding lifetimes, the ones this pushd (``by``) may push: never claimed,
+        or claimed and neither sent nor renewed for ``lease`` seconds; atomic against any
+        other pushd claiming them at once."""
+        ...
+
+    def settle(self, sent: Sequence[RefreshKey], held: Sequence[RefreshKey], by: str) -> None:
+        """Mark ``sent`` lifetimes pushed (a final verdict came); renew this pushd's lease
+        on the ``held`` ones (pushes still being retried)."""
+        ...
+
+    def check_schema(self) -> None:
+        """Raise :class:`SchemaTooOld` if the claims table is missing or too old."""
         ...
 
     def cancel(self) -> None:
@@ -225,19 +249,33 @@ SELECT username, domain, ruid, contact, expires, last_modified, instance
 """
 
 
-# One row per binding: its lifetime last pushed. A lifetime already there is claimed (no
-# row back); a new one (the binding re-registered) replaces it. Concurrent claims of one
-# ruid queue on the primary key, and the second sees the first's row: one winner.
+# One row per binding: its lifetime last claimed, and whether it went out. A lifetime
+# already there is taken (no row back) unless its claim lapsed: not sent and not renewed
+# for the lease (its pushd died). A new lifetime (the binding re-registered) replaces it.
+# Concurrent claims of one ruid queue on the primary key, and the second sees the first's
+# row: one winner. Lease times are the database's clock, the same for every pushd.
 _CLAIM = """
-INSERT INTO pushgate_refresh AS r (ruid, expires, claimed_by, claimed_at)
-SELECT k.ruid, k.expires, %(by)s, LOCALTIMESTAMP
+INSERT INTO pushgate_refresh AS r (ruid, expires, claimed_by, claimed_at, sent)
+SELECT k.ruid, k.expires, %(by)s, LOCALTIMESTAMP, 0
   FROM unnest(%(ruids)s::varchar[], %(expires)s::bigint[]) AS k(ruid, expires)
     ON CONFLICT (ruid) DO UPDATE
    SET expires = EXCLUDED.expires, claimed_by = EXCLUDED.claimed_by,
-       claimed_at = EXCLUDED.claimed_at
+       claimed_at = EXCLUDED.claimed_at, sent = 0
  WHERE r.expires <> EXCLUDED.expires
+    OR (r.sent = 0 AND r.claimed_at < LOCALTIMESTAMP - make_interval(secs => %(lease)s))
 RETURNING r.ruid, r.expires
 """
+_SENT = """
+UPDATE pushgate_refresh AS r SET sent = 1
+  FROM unnest(%(ruids)s::varchar[], %(expires)s::bigint[]) AS k(ruid, expires)
+ WHERE r.ruid = k.ruid AND r.expires = k.expires
+"""
+_RENEW = """
+UPDATE pushgate_refresh AS r SET claimed_at = LOCALTIMESTAMP
+  FROM unnest(%(ruids)s::varchar[], %(expires)s::bigint[]) AS k(ruid, expires)
+ WHERE r.ruid = k.ruid AND r.expires = k.expires AND r.claimed_by = %(by)s AND r.sent = 0
+"""
+_VERSION = "SELECT table_version FROM version WHERE table_name = %(table)s"
 # Rows of bindings gone for a day (their lifetime long over) are dropped as claims go by.
 _FORGET = "DELETE FROM pushgate_refresh WHERE expires < %(before)s"
 FORGET_AFTER = 86400
@@ -280,10 +318,33 @@ class LocationTable:
             raise DatabaseUnavailable(self._describe(exc)) from None
         return [_binding(row) for row in rows]
 
-    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
+    def claim(self, keys: Sequence[RefreshKey], by: str, lease: float) -> set[RefreshKey]:
         wanted = dict(keys)  # one lifetime per ruid (ON CONFLICT touches a row once)
         if not wanted:
             return set()
+        claim = {"by": by, "lease": lease, **_columns(wanted.items())}
+        forget = {"before": int(time.time()) - FORGET_AFTER}
+        rows = self._write([(_CLAIM, claim), (_FORGET, forget)])
+        return {(str(ruid), int(expires)) for ruid, expires in rows}
+
+    def settle(self, sent: Sequence[RefreshKey], held: Sequence[RefreshKey], by: str) -> None:
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if sent:
+            statements.append((_SENT, _columns(sent)))
+        if held:
+            statements.append((_RENEW, {"by": by, **_columns(held)}))
+        if statements:
+            self._write(statements)
+
+    def check_schema(self) -> None:
+        try:
+            self._connection()
+        except psycopg2.Error as exc:
+            self.close()
+            raise DatabaseUnavailable(self._describe(exc)) from None
+
+    def _write(self, statements: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Any]:
+        """Run ``statements`` in one transaction; the rows the first one returned."""
         try:
             conn = self._connection()
             with conn.cursor() as cur:
@@ -291,12 +352,11 @@ class LocationTable:
                 # transaction writes our own table.
                 cur.execute("BEGIN READ WRITE")
                 try:
-                    cur.execute(
-                        _CLAIM,
-                        {"by": by, "ruids": list(wanted), "expires": list(wanted.values())},
-                    )
-                    rows = cur.fetchall()
-                    cur.execute(_FORGET, {"before": int(time.time()) - FORGET_AFTER})
+                    rows: list[Any] = []
+                    for n, (sql, params) in enumerate(statements):
+                        cur.execute(sql, params)
+                        if n == 0 and cur.description is not None:
+                            rows = cur.fetchall()
                     cur.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(psycopg2.Error):
@@ -305,12 +365,12 @@ class LocationTable:
         except psycopg2.errors.UndefinedTable:
             self.close()
             raise DatabaseUnavailable(
-                "no pushgate_refresh table: load sql/pushgate-create.sql into the database"
+                f"no {TABLE} table: load sql/pushgate-create.sql into the database"
             ) from None
         except psycopg2.Error as exc:
             self.close()
             raise DatabaseUnavailable(self._describe(exc)) from None
-        return {(str(ruid), int(expires)) for ruid, expires in rows}
+        return rows
 
     def cancel(self) -> None:
         conn = self._conn
@@ -343,15 +403,41 @@ class LocationTable:
             conn.set_session(readonly=True, autocommit=True)
             with conn.cursor() as cur:
                 cur.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+                # Checked on every (re)connection: the table may have been loaded or
+                # upgraded meanwhile, and an old one must not be written the new way.
+                cur.execute(_VERSION, {"table": TABLE})
+                found = cur.fetchone()
         except psycopg2.Error:
             conn.close()
             raise
+        if found is None or int(found[0]) < SCHEMA_VERSION:
+            conn.close()
+            raise SchemaTooOld(schema_problem(None if found is None else int(found[0])))
         self._conn = conn
         return conn
 
     def _describe(self, exc: psycopg2.Error) -> str:
         text = (str(exc).strip().splitlines() or [""])[0]
         return f"{type(exc).__name__}: {redact_dsn(text, self._dsn)}"
+
+
+def schema_problem(version: int | None) -> str:
+    """What is wrong with the claims table, and the command that fixes it."""
+    if version is None:
+        return (
+            f"table {TABLE} is not in the database (no row for it in table version): "
+            "load sql/pushgate-create.sql into the database"
+        )
+    return (
+        f"table {TABLE} has schema version {version}, this pushd needs {SCHEMA_VERSION}: "
+        "run sql/pushgate-upgrade-2.sql on the database (docs/refresh.md)"
+    )
+
+
+def _columns(keys: Iterable[RefreshKey]) -> dict[str, list[Any]]:
+    """Binding lifetimes as the two arrays the statements unnest."""
+    pairs = list(keys)
+    return {"ruids": [k[0] for k in pairs], "expires": [k[1] for k in pairs]}
 
 
 def redact_dsn(text: str, dsn: Secret) -> str:
@@ -411,6 +497,7 @@ class Refresher:
         caps refresh pushes at once so a backlog never crowds out call pushes."""
         self.interval = settings.interval
         self.lead = settings.lead
+        self.lease = settings.lease
         self._submit = submit
         self._report = report
         self._source = source if source is not None else LocationTable(settings.database)
@@ -420,6 +507,11 @@ class Refresher:
         self._pending: asyncio.Future[list[BindingRow]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._sent: dict[RefreshKey, float] = {}
+        self._holding: dict[str, RefreshKey] = {}
+        """Push id -> the lifetime it refreshes: claimed, no final verdict yet."""
+        self._done: set[RefreshKey] = set()
+        """Lifetimes with a final verdict, not yet marked sent in the table."""
+        self._settling: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self.in_flight = 0
         self.submitted_total = 0
@@ -432,6 +524,15 @@ class Refresher:
         """Due refreshes another pushd claimed first."""
 
     # -- lifecycle --
+
+    async def check_schema(self) -> None:
+        """Raise :class:`SchemaTooOld` if the claims table is missing or older than this
+        code; an unreachable database is only logged (the cycles retry)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._source.check_schema)
+        except DatabaseUnavailable as exc:
+            log.warning("binding refresh: schema not checked at start (%s)", exc)
 
     def start(self) -> None:
         """Run :meth:`run` as a task of the running loop."""
@@ -452,11 +553,12 @@ class Refresher:
         if self._stopped:
             return
         self._stopped = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        for task in (self._task, self._settling):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = self._settling = None
         pending = self._pending
         if pending is not None and not pending.done():
             self._source.cancel()
@@ -472,9 +574,13 @@ class Refresher:
         """Read, plan, submit; returns how many refresh pushes were submitted."""
         started = self._clock()
         try:
+            await self._settle()
             rows = await self._fetch(started, started + self.lead)
         except DatabaseUnavailable as exc:
             self._outage(str(exc), None)
+            return 0
+        except SchemaTooOld as exc:
+            self._outage(str(exc), None, logging.ERROR)
             return 0
         except Exception as exc:  # a bug, not an outage: say it with the traceback
             self._outage(f"{type(exc).__name__}: {exc}", exc)
@@ -496,13 +602,17 @@ class Refresher:
         except DatabaseUnavailable as exc:
             self._outage(str(exc), None)
             return 0
+        except SchemaTooOld as exc:
+            self._outage(str(exc), None, logging.ERROR)
+            return 0
         submitted = 0
         for item in batch:
             if item.key in claimed:
                 self._send(item)
                 submitted += 1
             else:
-                self._sent[item.key] = item.row.expires  # another pushd's: not ours to send
+                # Another pushd's: not ours to send, unless its lease lapses (it died).
+                self._sent[item.key] = min(item.row.expires, now + self.lease)
                 self.lost_claims += 1
         log.debug("refresh cycle: %d rows, %d due, %d submitted", len(rows), len(due), submitted)
         return submitted
@@ -516,14 +626,46 @@ class Refresher:
 
     async def _claim(self, keys: list[RefreshKey]) -> set[RefreshKey]:
         loop = asyncio.get_running_loop()
-        pending = loop.run_in_executor(self._executor, self._source.claim, keys, self.name)
+        pending = loop.run_in_executor(
+            self._executor, self._source.claim, keys, self.name, self.lease
+        )
         return await asyncio.shield(pending)
+
+    async def _settle(self) -> None:
+        """Tell the table which claims went out and which are still being pushed."""
+        sent, held = sorted(self._done), sorted(set(self._holding.values()))
+        if not sent and not held:
+            return
+        loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._executor, self._source.settle, sent, held, self.name)
+        await asyncio.shield(pending)
+        self._done.difference_update(sent)
+
+    async def _settle_now(self) -> None:
+        """After a verdict: mark it sent at once (a pushd that dies later must not leave
+        it to be pushed again); a failure leaves it to the next cycle."""
+        try:
+            while self._done:  # verdicts that came while a settle ran go next
+                await self._settle()
+        except (DatabaseUnavailable, SchemaTooOld) as exc:
+            log.debug("refresh: claims not settled yet (%s); next cycle", exc)
+
+    def _mark_sent(self, key: RefreshKey) -> None:
+        self._done.add(key)
+        if self._stopped or (self._settling is not None and not self._settling.done()):
+            return  # the next cycle (or the running settle's successor) takes it
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._settling = loop.create_task(self._settle_now(), name="refresh-settle")
 
     def _send(self, item: DueRefresh) -> None:
         self._sent[item.key] = item.row.expires
         self.in_flight += 1
         self.submitted_total += 1
         msg = push_message(item, next(self._ids))
+        self._holding[msg.id] = item.key
         log.debug(
             "refresh push %s for %s ruid=%s: binding expires in %.0fs",
             msg.id,
@@ -535,6 +677,10 @@ class Refresher:
 
     def _on_result(self, result: dict[str, Any]) -> None:
         self.in_flight = max(0, self.in_flight - 1)
+        # Every result is final (delivered, or refused for good): the lifetime is done.
+        key = self._holding.pop(str(result.get("id")), None)
+        if key is not None:
+            self._mark_sent(key)
         if result.get("verdict") != Verdict.DELETE_TOKEN.value:
             return  # the dispatcher logged it; Kamailio has no transaction waiting for it
         log.info(
@@ -545,14 +691,14 @@ class Refresher:
         )
         self._report(result)
 
-    def _outage(self, reason: str, exc: Exception | None) -> None:
+    def _outage(self, reason: str, exc: Exception | None, level: int = logging.WARNING) -> None:
         self._failures += 1
         if self._down_since is not None:
             log.debug("refresh: database still unavailable: %s", reason)
             return
         self._down_since = self._clock()
         log.log(
-            logging.ERROR if exc is not None else logging.WARNING,
+            logging.ERROR if exc is not None else level,
             "binding refresh paused: cannot read the location table (%s); "
             "retrying every %gs, logged again once it is back",
             reason,
@@ -572,13 +718,20 @@ class Refresher:
         self._failures = 0
 
 
-def start_refresher(config: Config, submit: Submit, report: ResultSink) -> Refresher | None:
-    """The daemon's refresher, started; None when the config has none (or it is disabled)."""
+async def start_refresher(config: Config, submit: Submit, report: ResultSink) -> Refresher | None:
+    """The daemon's refresher, started; None when the config has none (or it is disabled).
+    Raises :class:`SchemaTooOld` (pushd refuses to start) when the claims table is missing
+    or older than this code."""
     settings = config.refresh
     if settings is None or not settings.enabled:
         return None
     # A quarter of the dispatcher's capacity at most: calls must find room.
     cap = max(1, config.limits.max_in_flight // 4)
     refresher = Refresher(settings, submit, report, max_in_flight=cap)
+    try:
+        await refresher.check_schema()
+    except SchemaTooOld:
+        await refresher.stop()
+        raise
     refresher.start()
     return refresher

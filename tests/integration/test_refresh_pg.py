@@ -12,6 +12,7 @@ import asyncio
 import logging
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -33,7 +34,7 @@ from pushd.refresh import Refresher
 from testkit.certs import TestPki, make_test_pki
 from testkit.fake_apns import FakeApnsThread, client_settings
 from testkit.postgres import PG_BIN, PostgresCluster, start_cluster
-from testkit.stack import world_readable_tempdir
+from testkit.stack import REPO, world_readable_tempdir
 from tests.integration.fake_evapi import SECRET, FakeEvapi
 
 pytestmark = pytest.mark.integration
@@ -169,7 +170,9 @@ def apns_settings(pki: TestPki, port: int) -> ApnsSettings:
 class Wiring:
     """Real ApnsProvider + Dispatcher + Refresher; results for Kamailio land in ``kamailio``."""
 
-    def __init__(self, cluster: PostgresCluster, pki: TestPki, apns_port: int) -> None:
+    def __init__(
+        self, cluster: PostgresCluster, pki: TestPki, apns_port: int, lease: float = 60
+    ) -> None:
         self.kamailio: list[dict[str, Any]] = []
         self.provider = ApnsProvider(apns_settings(pki, apns_port))
         self.dispatcher = Dispatcher(
@@ -177,7 +180,7 @@ class Wiring:
             self.kamailio.append,
             defaults=RequestDefaults(apns_environment=Environment.SANDBOX),
         )
-        settings = RefreshConfig(database=Secret(cluster.dsn), interval=30, lead=150)
+        settings = RefreshConfig(database=Secret(cluster.dsn), interval=30, lead=150, lease=lease)
         self.refresher = Refresher(settings, self.dispatcher.submit, self.kamailio.append)
 
     async def cycle(self) -> int:
@@ -286,6 +289,121 @@ def test_two_pushd_on_one_database_send_each_refresh_once(
             await two.close()
 
     run(scenario())
+
+
+def query(cluster: PostgresCluster, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(cluster.dsn, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def test_a_claim_whose_pushd_died_before_pushing_is_pushed_by_another_after_the_lease(
+    db: PostgresCluster, pki: TestPki, fake_apns: FakeApnsThread
+) -> None:
+    lease = 2.0
+    ruid = insert_binding(db, "kim", apns_contact("kim", token(0x4B)), expires_in=100)
+    settings = RefreshConfig(database=Secret(db.dsn), interval=30, lead=150, lease=lease)
+    # Claims, then "dies": its pushes never leave (no provider call, no verdict).
+    dead = Refresher(settings, lambda msg, sink: None, lambda result: None)
+    dead.name = "dead-pushd"
+
+    async def scenario() -> None:
+        live = Wiring(db, pki, fake_apns.port, lease=lease)
+        try:
+            assert await dead.run_once() == 1
+            claimed = time.monotonic()
+            assert await live.cycle() == 0  # the lease runs
+            # Cycles (bounded) until the lease lapses and the live pushd takes it.
+            while time.monotonic() - claimed < lease + 10:
+                if await live.cycle():
+                    break
+                await asyncio.sleep(0.2)
+            taken = time.monotonic() - claimed
+            assert [p.token for p in fake_apns.pushes] == [token(0x4B)]
+            assert taken >= lease - 0.5, taken  # not before the lease (database's clock)
+            print(f"claim taken again {taken:.2f} s after it was made (lease {lease:g} s)")
+            # Delivered: marked sent right after the verdict; nobody takes it again.
+            deadline = time.monotonic() + 5
+            while query(db, "SELECT sent FROM pushgate_refresh WHERE ruid = %s", (ruid,)) != [(1,)]:
+                assert time.monotonic() < deadline, "never marked sent"
+                await asyncio.sleep(0.05)
+            claimed_by = query(
+                db, "SELECT claimed_by FROM pushgate_refresh WHERE ruid = %s", (ruid,)
+            )
+            assert claimed_by == [(live.refresher.name,)]
+            await asyncio.sleep(lease + 0.5)  # a whole lease after it went out
+            third = Wiring(db, pki, fake_apns.port, lease=lease)
+            try:
+                assert await third.cycle() == 0
+            finally:
+                await third.close()
+            assert len(fake_apns.pushes) == 1
+        finally:
+            await live.close()
+            await dead.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("version", "words"),
+    [("1", "has schema version 1, this pushd needs 2"), (None, "load sql/pushgate-create.sql")],
+)
+def test_pushd_refuses_to_start_on_an_old_claims_table(
+    tmp_path: Path, db: PostgresCluster, pki: TestPki, version: str | None, words: str
+) -> None:
+    """An old (or missing) pushgate_refresh version row: pushd exits, naming the table."""
+    if version is None:
+        execute(db, "DELETE FROM version WHERE table_name = 'pushgate_refresh'")
+    else:
+        execute(
+            db,
+            "UPDATE version SET table_version = %s WHERE table_name = 'pushgate_refresh'",
+            (version,),
+        )
+    try:
+        (tmp_path / "usrloc.dsn").write_text(db.dsn + "\n")
+        (tmp_path / "usrloc.dsn").chmod(0o600)
+        path = tmp_path / "pushd.yaml"
+        path.write_text(
+            textwrap.dedent(
+                f"""
+                kamailio:
+                  evapi: 127.0.0.1:9
+                  secret: {SECRET}
+                apns:
+                  key_file: {pki.apns_key}
+                  key_id: {pki.key_id}
+                  team_id: {pki.team_id}
+                  environment: sandbox
+                refresh:
+                  database_file: usrloc.dsn
+                """
+            )
+        )
+        path.chmod(0o600)
+        done = subprocess.run(
+            [sys.executable, "-m", "pushd", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+    finally:
+        execute(
+            db,
+            "INSERT INTO version (table_name, table_version) SELECT 'pushgate_refresh', 2"
+            " WHERE NOT EXISTS (SELECT 1 FROM version WHERE table_name = 'pushgate_refresh')",
+        )
+        execute(db, "UPDATE version SET table_version = 2 WHERE table_name = 'pushgate_refresh'")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "cannot start" in done.stderr and "table pushgate_refresh" in done.stderr
+    assert words in done.stderr
+    assert "pushd ready" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_claims_without_the_table_pause_the_refresher_with_a_clear_reason(

@@ -199,16 +199,39 @@ class FakeTable:
         self.closed = False
         self.claims: dict[str, tuple[int, str]] = {}
         """pushgate_refresh: ruid -> (expires, claimed_by)."""
+        self.sent: set[RefreshKey] = set()
+        self.claimed_at: dict[str, float] = {}
+        self.now = NOW
+        """The database's clock (leases)."""
+        self.settled: list[tuple[list[RefreshKey], list[RefreshKey]]] = []
 
-    def claim(self, keys: Sequence[RefreshKey], by: str) -> set[RefreshKey]:
+    def claim(self, keys: Sequence[RefreshKey], by: str, lease: float) -> set[RefreshKey]:
         if self.error is not None:
             raise self.error
         won = set()
         for ruid, expires in keys:
-            if self.claims.get(ruid, (None, ""))[0] != expires:
+            held = self.claims.get(ruid, (None, ""))[0] == expires
+            lapsed = (ruid, expires) not in self.sent and (
+                self.claimed_at.get(ruid, self.now) < self.now - lease
+            )
+            if not held or lapsed:
                 self.claims[ruid] = (expires, by)
+                self.claimed_at[ruid] = self.now
+                self.sent.discard((ruid, expires))
                 won.add((ruid, expires))
         return won
+
+    def settle(self, sent: Sequence[RefreshKey], held: Sequence[RefreshKey], by: str) -> None:
+        if self.error is not None:
+            raise self.error
+        self.settled.append((list(sent), list(held)))
+        self.sent.update(sent)
+        for ruid, expires in held:
+            if self.claims.get(ruid) == (expires, by):
+                self.claimed_at[ruid] = self.now
+
+    def check_schema(self) -> None:
+        pass
 
     def fetch(self, now: float, horizon: float) -> list[BindingRow]:
         self.queries += 1
@@ -310,6 +333,62 @@ def test_two_refreshers_on_one_table_push_each_lifetime_once() -> None:
         assert await one.run_once() == 0
         assert [m["ruid"] for m, _ in sent_two] == ["ruid-2"]
         assert table.claims["ruid-2"][1] == "other:2"
+        await one.stop()
+        await two.stop()
+
+    run(scenario())
+
+
+def test_a_claim_never_confirmed_is_taken_again_after_the_lease() -> None:
+    """A pushd killed between claim and push: another sends it once the lease lapses."""
+    table = FakeTable()
+    table.rows = [row(expires_in=140)]
+    dead, dead_sent, _, clock = make(table)
+    live, live_sent, _, _ = make(table, clock)
+    live.name = "live:2"
+
+    async def scenario() -> None:
+        assert await dead.run_once() == 1  # claimed; no verdict will ever come
+        assert await live.run_once() == 0  # the lease runs
+        for seconds in (30, SETTINGS.lease - 30 + 1):
+            clock.now += seconds
+            table.now += seconds
+            got = await live.run_once()
+        assert got == 1, "not taken again after the lease"
+        assert [m["ruid"] for m, _ in live_sent] == ["ruid-1"] == [m["ruid"] for m, _ in dead_sent]
+        assert table.claims["ruid-1"] == (int(NOW + 140), "live:2")
+        # Its verdict marks it sent: nobody takes it again.
+        msg, sink = live_sent[0]
+        sink(result(msg, Verdict.DELIVERED))
+        await asyncio.sleep(0)  # the settle runs at once, not at the next cycle
+        await asyncio.sleep(0.05)
+        assert (("ruid-1", int(NOW + 140))) in table.sent
+        await live.stop()
+        await dead.stop()
+
+    run(scenario())
+
+
+def test_a_sent_claim_or_one_still_retried_is_not_taken_again() -> None:
+    table = FakeTable()
+    table.rows = [row(expires_in=140, ruid="done"), row(expires_in=140, ruid="retried")]
+    one, sent_one, _, clock = make(table)
+    two, sent_two, _, _ = make(table, clock)
+    two.name = "other:2"
+
+    async def scenario() -> None:
+        assert await one.run_once() == 2
+        for msg, sink in sent_one:
+            if msg["ruid"] == "done":
+                sink(result(msg, Verdict.DELIVERED))
+        # "retried" is still being pushed: each cycle of its pushd renews the lease.
+        for _ in range(4):
+            clock.now += 25
+            table.now += 25
+            assert await one.run_once() == 0
+            assert await two.run_once() == 0
+        assert sent_two == []
+        assert any(("retried", int(NOW + 140)) in held for _, held in table.settled)
         await one.stop()
         await two.stop()
 
@@ -554,10 +633,17 @@ def test_config_defaults(tmp_path: Path) -> None:
     cfg = parse(f"refresh:\n  database: '{DSN}'\n", tmp_path)
     assert cfg.refresh is not None
     assert cfg.refresh.interval == 30 and cfg.refresh.lead == 150 and cfg.refresh.enabled
+    assert cfg.refresh.lease == 60
     assert cfg.refresh.database.reveal() == DSN
     assert "pa55" not in repr(cfg.refresh) and "pa55" not in cfg.summary()
     assert "refresh=every 30s lead 150s" in cfg.summary()
     assert parse("", tmp_path).refresh is None
+
+
+def test_config_lease_spans_two_cycles_by_default(tmp_path: Path) -> None:
+    cfg = parse(f"refresh:\n  database: '{DSN}'\n  interval: 50\n  lead: 300\n", tmp_path)
+    assert cfg.refresh is not None and cfg.refresh.lease == 100
+    assert "lease 100s" in cfg.summary()
 
 
 def test_config_dsn_file_relative_to_the_config(tmp_path: Path) -> None:
@@ -578,6 +664,8 @@ def test_config_dsn_file_relative_to_the_config(tmp_path: Path) -> None:
             "< refresh.lead",
         ),
         (f"database: '{DSN}'\n  interval: 0\n", "refresh.interval", "[1"),
+        (f"database: '{DSN}'\n  interval: 40\n  lease: 60\n", "refresh.lease", "2 x"),
+        (f"database: '{DSN}'\n  lease: 1\n", "refresh.lease", "[2"),
         (f"database: '{DSN}'\n  enabled: 'yes'\n", "refresh.enabled", "true or false"),
         (f"database: '{DSN}'\n  table: location\n", "refresh.table", "unknown key"),
         ("database: 'host=x password=hunter2-secret junk'\n", "refresh.database", "libpq"),
@@ -626,5 +714,5 @@ def test_config_checks_the_dsn_file(tmp_path: Path, caplog: pytest.LogCaptureFix
 def test_example_documents_every_refresh_key() -> None:
     text = (Path(__file__).resolve().parents[2] / "pushd" / "pushd.example.yaml").read_text()
     assert "\nrefresh:\n" in text
-    for name in ("database_file", "database", "interval", "lead", "enabled"):
+    for name in ("database_file", "database", "interval", "lead", "lease", "enabled"):
         assert f"  {name}:" in text or f"  # {name}:" in text
