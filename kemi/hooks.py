@@ -187,7 +187,7 @@ class Hooks:
         msilo sends back out of its store from this Kamailio.
         """
         if KSR.is_REGISTER():
-            return wake_token_ok(register_contacts())
+            return wake_token_ok(register_contacts(), self.settings.hold_timeout)
         return bool(KSR.is_MESSAGE()) and messages.from_message_store()
 
     # ----- REGISTER -----
@@ -828,22 +828,19 @@ def dead_push_targets(bindings: list[Binding]) -> frozenset[str]:
     return frozenset(b.target or b.uri for b in bindings if not b.alive and b.push is not None)
 
 
-def wake_token_ok(contacts: list[str]) -> bool:
-    """A valid one-time wake token (from our call push) stands in for digest auth."""
+def wake_token_ok(contacts: list[str], lifetime: int) -> bool:
+    """A valid one-time wake token (from our call push, living at most ``lifetime`` s)
+    stands in for digest auth."""
     token = str(KSR.pv.get(f"$hdr({wake_token.HEADER})") or "").strip()
     if not token:
         return False
     aor, _ = ksr_bindings.fetch(to_aor())
-    bound = (
-        KSR.htable.sht_get(pushing.WAKE_TOKENS, token)
-        if wake_token.looks_like_token(token)
-        else None
-    )
+    bound = pushing.wake_token_holder(token) if wake_token.looks_like_token(token) else None
     # Every Contact saved on the token's say must be the device it was issued to.
     keys = {wake_token.binding_key(aor, wake_token.contact_instance(c)) for c in contacts}
-    ok = bound is not None and bool(aor) and keys == {str(bound)}
+    ok = bound is not None and bool(aor) and keys == {bound}
     if bound is not None:
-        KSR.htable.sht_rm(pushing.WAKE_TOKENS, token)  # single use, even when misused
+        pushing.spend_wake_token(token, lifetime)  # single use, even when misused
     log("wake_token", aor=aor, accepted=ok)
     return ok
 

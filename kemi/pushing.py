@@ -110,6 +110,20 @@ def send(
 # -- which pushd: one per push ------------------------------------------------------------
 
 
+def wake_token_holder(token: str) -> str | None:
+    """The ``<aor>|<instance>`` a wake token was issued to; None: unknown, expired or used."""
+    if KSR.htable.sht_get(WAKE_TOKENS, wake_token.SPENT + token) is not None:
+        return None
+    bound = KSR.htable.sht_get(WAKE_TOKENS, token)
+    return None if bound is None else str(bound)
+
+
+def spend_wake_token(token: str, ttl: int) -> None:
+    """A token was presented: never again, on any node (its marker outlives the token)."""
+    KSR.htable.sht_setxs(WAKE_TOKENS, wake_token.SPENT + token, "1", max(1, ttl))
+    KSR.htable.sht_rm(WAKE_TOKENS, token)
+
+
 def tag(conidx: str) -> str:
     """The evapi tag of one pushd connection: pushes are unicast to it."""
     return f"pushd{conidx}"

@@ -15,6 +15,11 @@ from pushgate import sipmsg
 
 HEADER = "Pushgate-Wake"
 PAYLOAD_KEY = "wake_token"
+SPENT = "spent:"
+"""Key prefix of a used token's marker. Several nodes share the tokens (htable over
+dmq): a copy of a token replayed late to a node (dmq retransmits to a node that
+restarts) would bring a used token back; its marker, copied to every node and synced to
+a starting one, keeps it used."""
 
 
 def new_token() -> str:

@@ -126,6 +126,44 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
     assert not cluster.node_events(B, "push_request")
 
 
+@on_kamailio("5.6", "6.0")
+def test_woken_on_b_by_a_push_from_a_skips_the_digest_round_trip(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The wake token of A's push is B's too (htable over dmq): the woken phone's REGISTER
+    on B with it gets 200 at once, no 401; the token is spent on both nodes."""
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+    woken = cluster.wake_on_push(phone, node=lambda: b, fast=True)
+
+    caller = cluster.call("alice", expect_answer=True, node=a)
+    assert caller.wait(30) == 0, caller.output()[-3000:]
+    # phone_register_fast expects 200 to its first REGISTER: a 401 fails it.
+    assert woken and woken[0].wait(15) == 97, woken[0].output()[-3000:] if woken else ""
+    replies = [m.splitlines()[0] for m in woken[0].received() if m.startswith("SIP/2.0")]
+    assert replies and replies[0] == "SIP/2.0 200 OK" and "401" not in " ".join(replies)
+    assert [e.get("accepted") for e in cluster.node_events(B, "wake_token")] == ["True"]
+    assert len(cluster.node_events(A, "push_request")) == 1
+    sent, got = register_to_invite(woken[0].messages())
+    print(
+        f"cross-node fast wake: REGISTER with the token sent to B -> INVITE in: "
+        f"{1000 * (got - sent):.1f} ms"
+    )
+    # Spent everywhere: the same token again, on A this time, is refused (digest).
+    assert cluster.apns is not None
+    token = next(
+        p.payload["wake_token"]
+        for p in cluster.apns.pushes
+        if p.push_type == "voip" and p.payload is not None
+    )
+    again = cluster.register(phone, node=a, wake_token=token)
+    assert again.wait(15) != 0
+    assert [e.get("accepted") for e in cluster.node_events(A, "wake_token")] == ["False"]
+
+
 def test_node_killed_with_calls_held_then_restarted(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
     a, b = cluster.nodes
