@@ -406,6 +406,28 @@ def test_pushd_refuses_to_start_on_an_old_claims_table(
     assert "pushd ready" not in done.stderr and "Traceback" not in done.stderr
 
 
+def test_the_upgrade_file_brings_a_version_1_table_to_version_2(db: PostgresCluster) -> None:
+    """sql/pushgate-upgrade-2.sql on a version 1 table: its rows count as sent (pushed
+    under version 1), new claims start unsent, the version row says 2."""
+    execute(db, "ALTER TABLE pushgate_refresh DROP COLUMN sent")
+    execute(db, "UPDATE version SET table_version = 1 WHERE table_name = 'pushgate_refresh'")
+    execute(db, "INSERT INTO pushgate_refresh (ruid, expires) VALUES ('old', 1)")
+    try:
+        db.psql(file=REPO / "sql" / "pushgate-upgrade-2.sql")
+        execute(db, "INSERT INTO pushgate_refresh (ruid, expires) VALUES ('new', 2)")
+        rows = query(db, "SELECT ruid, sent FROM pushgate_refresh ORDER BY ruid")
+        assert rows == [("new", 0), ("old", 1)]
+        version = "SELECT table_version FROM version WHERE table_name = 'pushgate_refresh'"
+        assert query(db, version) == [(2,)]
+    finally:
+        execute(
+            db,
+            "ALTER TABLE pushgate_refresh"
+            " ADD COLUMN IF NOT EXISTS sent SMALLINT DEFAULT 0 NOT NULL",
+        )
+        execute(db, "UPDATE version SET table_version = 2 WHERE table_name = 'pushgate_refresh'")
+
+
 def test_claims_without_the_table_pause_the_refresher_with_a_clear_reason(
     db: PostgresCluster, pki: TestPki, fake_apns: FakeApnsThread, caplog: pytest.LogCaptureFixture
 ) -> None:
