@@ -16,6 +16,8 @@ from kemi.settings import Settings
 
 TRUE = 1
 FALSE = -1
+PEER_REPLY = "PUSHGATE_PEER_REPLY"
+"""pushgate.cfg's onreply_route of a call relayed to a phone's flow here."""
 
 
 def mod_init() -> NativeEntry:
@@ -82,6 +84,20 @@ class NativeEntry:
 
     def edge_outgoing(self, msg: object) -> int:
         return _run("edge_outgoing", self.hooks.edge_outgoing, TRUE)
+
+    # Several nodes (WITH_PUSHGATE_CLUSTER): on a bug, a relayed call goes through the
+    # host's own routing, a failed relay gets the host's error reply.
+    def cluster_message(self, msg: object) -> int:
+        return _run("cluster_message", self.hooks.cluster_message, TRUE)
+
+    def cluster_register(self, msg: object) -> int:
+        return _run("cluster_register", self.hooks.cluster_register, TRUE)
+
+    def cluster_relay(self, msg: object) -> int:
+        return _run("cluster_relay", lambda: self.hooks.cluster_relay(PEER_REPLY), FALSE)
+
+    def relay_failed(self, msg: object) -> int:
+        return _run("relay_failed", self.hooks.relay_failed, FALSE)
 
     def held_timeout(self, msg: object) -> int:
         return _run("held_timeout", self.hooks.held_timeout, TRUE)
