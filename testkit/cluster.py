@@ -15,7 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from testkit.certs import TestPki
 from testkit.kamailio import Kamailio
@@ -59,7 +61,7 @@ class Cluster(Stack):
         if dropin and self.flavour != "default":
             raise ValueError(f"{self.flavour}: clusters of the stock shape are 'default' only")
         files_of = str(kw.get("stock_from") or kw.get("kamailio") or "5.6")
-        patches = tuple(kw.get("patches") or ())  # type: ignore[call-overload]
+        patches = cast("Sequence[Path]", kw.get("patches") or ())
         if dropin and not patches:
             raise ValueError("a cluster of Kamailio's default cfg needs Pushgate's patch")
         self.nodes: list[Kamailio] = []

@@ -18,8 +18,8 @@ from testkit.certs import TestPki
 from testkit.cluster import Cluster
 from testkit.postgres import PostgresCluster
 from testkit.procs import wait_until
-from tests.conftest import on_kamailio
 from testkit.stack import ul_contacts
+from tests.conftest import on_kamailio
 from tests.e2e.test_cluster import call_pushes, register_to_invite
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +122,7 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
     assert not cluster.node_events(B, "push_request")
     sent, got = register_to_invite(woken[0].messages())
     ms = 1000 * (got - sent)
-    print(f"cross-node wake (drop-in): woken phone's REGISTER sent to B -> held INVITE in: {ms:.1f} ms")
+    print(f"cross-node wake (drop-in): REGISTER sent to B -> held INVITE in: {ms:.1f} ms")
     assert 0 < ms < 1000
 
 
