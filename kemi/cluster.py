@@ -1,4 +1,5 @@
-"""Several Kamailio nodes (WITH_CLUSTER, docs/cluster.md): the Kamailio-facing parts.
+"""Several Kamailio nodes (WITH_CLUSTER, or pushgate.cfg's WITH_PUSHGATE_CLUSTER; docs/cluster.md):
+the Kamailio-facing parts.
 
 dmq_usrloc replicates every binding to every node; only the node that received the
 phone's REGISTER owns its flow (socket, connection id). So:
@@ -43,7 +44,10 @@ class Cluster:
             return None
         nodes = cluster.nodes_of(define("CLUSTER_NODES", ""))
         if not nodes:
-            raise ValueError("pushgate: WITH_CLUSTER needs CLUSTER_NODES (the nodes' IPs)")
+            raise ValueError(
+                "pushgate: several nodes (WITH_CLUSTER, WITH_PUSHGATE_CLUSTER) need "
+                "CLUSTER_NODES (the nodes' IPs)"
+            )
         return cls(node=Node.from_uri(define("CLUSTER_SELF", "")), nodes=nodes)
 
     def from_node(self) -> bool:
