@@ -63,6 +63,11 @@ class Cluster:
         # save() reads the parsed message: apply the new header to it.
         KSR.textopsx.msg_apply_changes()
 
+    def to_node(self) -> bool:
+        """In a branch route: this branch goes to another node (the phone's flow is there)."""
+        dst = f"{KSR.pv.get('$dd') or ''}:{KSR.pv.get('$dp') or ''}"
+        return str(KSR.pv.get("$dd") or "") in self.nodes and dst != self.node.hostport
+
     # ----- KDMQ -----
     def usrloc_update(self, holds: Callable[[str], bool]) -> list[Replicated]:
         """A dmq_usrloc message from another node: applied to usrloc now (not queued to a
@@ -101,6 +106,19 @@ class Cluster:
         if KSR.tm.t_check_status(str(cluster.FLOW_FAILED)) > 0:
             return True
         return bool(KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0)
+
+
+def alias_reply() -> None:
+    """Reply route of a call relayed to a phone's flow here (KEMI hosts; pushgate.cfg's
+    PUSHGATE_PEER_REPLY for a native cfg): the phone's Contact gets its flow as alias, so
+    in-dialog requests follow that flow (handle_ruri_alias). Without it, the node holding
+    the call would alias the Contact to this node, the reply's source, and the phone's BYE
+    would loop back to this node (404)."""
+    if not hasattr(KSR, "nathelper"):
+        return
+    status = int(KSR.pv.get("$rs") or 0)
+    if 100 < status < 300 and KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss"):
+        KSR.nathelper.add_contact_alias()
 
 
 def flows_of(aor: str) -> dict[str, str]:

@@ -424,6 +424,11 @@ class Hooks:
     # ----- branch and reply routes -----
     def branch(self) -> bool:
         """In the host's branch route. False: this branch goes to a dead flow, drop it."""
+        if self.cluster is not None and self.cluster.to_node():
+            # Through the node that owns the phone's flow: the binding's flags (the host's
+            # NAT flag) are that node's business. Kept, a host's NAT handling here would
+            # alias the phone's Contact to that node and in-dialog requests would loop.
+            KSR.pv.seti("$bf", 0)
         if self._relaying.request != current_request():
             return True
         return str(KSR.pv.get("$du") or KSR.pv.get("$ru") or "") not in self._relaying.dead
@@ -549,6 +554,20 @@ class Hooks:
                     index, label = (int(x) for x in tx_key.split(":"))
                     log("resume", aor=aor, tx=tx_key, via="dmq")
                     self.host.continue_tx(index, label, Route.RESUME)
+
+    def from_node(self) -> bool:
+        """A host's one hook for requests from other nodes, first thing after its
+        transaction check: a KDMQ request, or a call relayed to a phone's flow here (its
+        replies through Pushgate's own reply route). True: handled, stop. Nothing on a
+        single Kamailio."""
+        if self.cluster is None:
+            return False
+        if KSR.is_KDMQ():
+            self.cluster_message()
+            return True
+        if KSR.siputils.has_totag() > 0:
+            return False  # in-dialog: the host's own loose routing
+        return self.cluster_relay(self.host.route_name(Route.PEER_REPLY))
 
     def cluster_register(self) -> None:
         """REGISTER, before ``save()``: this node's Path (no-op on a single node)."""

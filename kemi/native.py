@@ -16,8 +16,6 @@ from kemi.settings import Settings
 
 TRUE = 1
 FALSE = -1
-PEER_REPLY = "PUSHGATE_PEER_REPLY"
-"""pushgate.cfg's onreply_route of a call relayed to a phone's flow here."""
 
 
 def mod_init() -> NativeEntry:
@@ -87,14 +85,11 @@ class NativeEntry:
 
     # Several nodes (WITH_PUSHGATE_CLUSTER): on a bug, a relayed call goes through the
     # host's own routing, a failed relay gets the host's error reply.
-    def cluster_message(self, msg: object) -> int:
-        return _run("cluster_message", self.hooks.cluster_message, TRUE)
-
     def cluster_register(self, msg: object) -> int:
         return _run("cluster_register", self.hooks.cluster_register, TRUE)
 
-    def cluster_relay(self, msg: object) -> int:
-        return _run("cluster_relay", lambda: self.hooks.cluster_relay(PEER_REPLY), FALSE)
+    def from_node(self, msg: object) -> int:
+        return _run("from_node", self.hooks.from_node, FALSE)
 
     def relay_failed(self, msg: object) -> int:
         return _run("relay_failed", self.hooks.relay_failed, FALSE)

@@ -1,6 +1,6 @@
 """Several Pushgate Kamailio nodes on loopback (docs/cluster.md): the all-in-one config
-(WITH_CLUSTER), or Kamailio's default cfg with Pushgate's patch (flavour "default",
-pushgate.cfg's WITH_PUSHGATE_CLUSTER).
+(WITH_CLUSTER), or a stock config of Kamailio's with Pushgate's patch (flavour "default"
+or "kemi", pushgate.cfg's WITH_PUSHGATE_CLUSTER).
 
 Node i listens on 127.0.0.(i+2), all on the same SIP port, one shared PostgreSQL, dmq +
 dmq_usrloc between them; each node has its own pushd (one pushd per node: a push request
@@ -55,15 +55,13 @@ class Cluster(Stack):
         super().__init__(root, pg, pki, **kw)  # type: ignore[arg-type]
         first = self.kamailio
         ips = node_ips(size)
-        # The drop-in shape (Kamailio's default cfg + the patch): each node's own copy,
-        # prepared for its address.
+        # The drop-in shape (a stock config of Kamailio's + Pushgate's patch): each node's
+        # own copy, prepared for its address.
         dropin = self.stock is not None
-        if dropin and self.flavour != "default":
-            raise ValueError(f"{self.flavour}: clusters of the stock shape are 'default' only")
         files_of = str(kw.get("stock_from") or kw.get("kamailio") or "5.6")
         patches = cast("Sequence[Path]", kw.get("patches") or ())
         if dropin and not patches:
-            raise ValueError("a cluster of Kamailio's default cfg needs Pushgate's patch")
+            raise ValueError("a cluster of Kamailio's stock configs needs Pushgate's patch")
         self.nodes: list[Kamailio] = []
         for i in range(size):
             node = (

@@ -1,10 +1,10 @@
 """Two nodes of the drop-in shape (docs/cluster.md): each real Kamailio runs Kamailio's own
 default cfg from the installed package with Pushgate's patch applied as docs/integrate.md
 shows (``patches/kamailio-<version>-default.patch``), ``import_file "pushgate.cfg"`` and
-``WITH_PUSHGATE_CLUSTER``; nodes on 127.0.0.2 (A) and 127.0.0.3 (B), dmq + dmq_usrloc,
-one PostgreSQL, one pushd per node, the fake APNs counting pushes; SIPp phones and
-callers on 127.0.0.1 (callers from a foreign domain: the stock cfg challenges INVITEs from
-local users)."""
+``WITH_PUSHGATE_CLUSTER`` (one case also with the KEMI Python example and its patch);
+nodes on 127.0.0.2 (A) and 127.0.0.3 (B), dmq + dmq_usrloc, one PostgreSQL, one pushd per
+node, the fake APNs counting pushes; SIPp phones and callers on 127.0.0.1 (callers from a
+foreign domain: the stock cfg challenges INVITEs from local users)."""
 
 from __future__ import annotations
 
@@ -43,14 +43,15 @@ def make_cluster(
 ) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def factory(**kw: object) -> Cluster:
-        patch = REPO / "patches" / f"kamailio-{kamailio_version}-default.patch"
+    def factory(flavour: str = "default", **kw: object) -> Cluster:
+        name = {"default": "default", "kemi": "kemi-python"}[flavour]
+        patch = REPO / "patches" / f"kamailio-{kamailio_version}-{name}.patch"
         cluster = Cluster(
             tmp_path / f"cluster{len(made)}",
             pg,
             pki,
             kamailio=kamailio_version,
-            flavour="default",
+            flavour=flavour,
             patches=[patch],
             **kw,
         )
@@ -63,8 +64,9 @@ def make_cluster(
 
 
 @on_kamailio("5.6", "6.0")
-def test_live_on_a_called_through_b(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+@pytest.mark.parametrize("flavour", ["default", "kemi"])
+def test_live_on_a_called_through_b(make_cluster: Callable[..., Cluster], flavour: str) -> None:
+    cluster = make_cluster(flavour)
     a, b = cluster.nodes
     phone = cluster.phone("alice")
     live = cluster.register(phone, keep_open_ms=15000, answer=True, node=a)
@@ -105,8 +107,13 @@ def test_asleep_on_a_called_through_b_one_push_wakes_on_a(
 
 
 @on_kamailio("5.6", "6.0")
-def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster]) -> None:
-    cluster = make_cluster()
+@pytest.mark.parametrize("flavour", ["default", "kemi"])
+def test_held_on_a_woken_register_lands_on_b(
+    make_cluster: Callable[..., Cluster], flavour: str
+) -> None:
+    """Also with Kamailio's KEMI Python example and its patch (pushgate.from_node(),
+    cluster_register(), relay_failed())."""
+    cluster = make_cluster(flavour)
     a, b = cluster.nodes
     phone = cluster.phone("alice")
     cluster.register_and_sleep(phone, node=a)
@@ -122,7 +129,7 @@ def test_held_on_a_woken_register_lands_on_b(make_cluster: Callable[..., Cluster
     assert not cluster.node_events(B, "push_request")
     sent, got = register_to_invite(woken[0].messages())
     ms = 1000 * (got - sent)
-    print(f"cross-node wake (drop-in): REGISTER sent to B -> held INVITE in: {ms:.1f} ms")
+    print(f"cross-node wake ({flavour}): REGISTER sent to B -> held INVITE in: {ms:.1f} ms")
     assert 0 < ms < 1000
 
 
