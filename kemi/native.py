@@ -83,6 +83,9 @@ class NativeEntry:
     def edge_outgoing(self, msg: object) -> int:
         return _run("edge_outgoing", self.hooks.edge_outgoing, TRUE)
 
+    def cluster_message(self, msg: object) -> int:
+        return _run("cluster_message", self.hooks.cluster_message, TRUE)
+
     def held_timeout(self, msg: object) -> int:
         return _run("held_timeout", self.hooks.held_timeout, TRUE)
 
