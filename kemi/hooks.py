@@ -720,9 +720,7 @@ class Hooks:
             method=KSR.pv.get("$rm"),
             aor=aor or "-",
             callid=callid,
-            action=(
-                "other_edge" if handoff else decision.action.value if bindings else "unknown"
-            ),
+            action=("other_edge" if handoff else decision.action.value if bindings else "unknown"),
             live=len(decision.relay),
             push=len(decision.push),
         )

@@ -14,6 +14,7 @@ import pytest
 from testkit.certs import TestPki
 from testkit.edges import Edges
 from testkit.postgres import PostgresCluster
+from tests.conftest import on_kamailio
 from tests.e2e.test_cluster import call_pushes, register_to_invite
 
 pytestmark = pytest.mark.e2e
@@ -42,6 +43,7 @@ def record_routes(message: str) -> list[str]:
     return [line for line in message.splitlines() if line.lower().startswith("record-route:")]
 
 
+@on_kamailio("5.6", "6.0")
 def test_call_held_on_a_reaches_the_phone_woken_through_b(
     make_edges: Callable[..., Edges],
 ) -> None:
@@ -65,3 +67,24 @@ def test_call_held_on_a_reaches_the_phone_woken_through_b(
     assert [e for e in edges.node_events(B, "edge_handoff_sent")]
     sent, got = register_to_invite(woken[0].messages())
     print(f"\nREGISTER through B -> INVITE held on A at the phone: {1000 * (got - sent):.0f} ms")
+
+
+def test_after_the_move_calls_go_through_b_without_another_push(
+    make_edges: Callable[..., Edges],
+) -> None:
+    """Kamailio's registrar replaces the binding (same instance and reg-id): its Path now
+    names B, so the next call goes through B alone, to the phone's live flow."""
+    edges = make_edges()
+    a, b = edges.nodes
+    phone = edges.phone("bob")
+    edges.register_and_sleep(phone, node=a)
+    woken = edges.wake_on_push(phone, node=lambda: b, many=True)
+    first = edges.call("bob", expect_answer=True, caller_domain=FOREIGN, label="first")
+    assert first.wait(30) == 0, first.output()[-3000:]
+    assert len(edges.upstream_bindings("bob")) == 1
+    second = edges.call("bob", expect_answer=True, caller_domain=FOREIGN, label="second")
+    assert second.wait(30) == 0, second.output()[-3000:]
+    assert len(woken) == 1 and woken[0].alive()
+    assert call_pushes(edges, phone.token) == 1
+    assert len(edges.node_events(A, "request_in")) == 1  # the first call only
+    assert [e["action"] for e in edges.node_events(B, "request_in")] == ["relay", "relay"]
