@@ -6,6 +6,7 @@ pushes. A phone may go to sleep behind one edge and wake up through the other.""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from testkit.certs import TestPki
 from testkit.edges import Edges
 from testkit.postgres import PostgresCluster
+from testkit.procs import wait_until
 from tests.conftest import on_kamailio
 from tests.e2e.test_cluster import call_pushes, register_to_invite
 
@@ -88,3 +90,33 @@ def test_after_the_move_calls_go_through_b_without_another_push(
     assert call_pushes(edges, phone.token) == 1
     assert len(edges.node_events(A, "request_in")) == 1  # the first call only
     assert [e["action"] for e in edges.node_events(B, "request_in")] == ["relay", "relay"]
+
+
+def test_edge_killed_with_a_call_held_its_woken_phone_is_reached_through_b(
+    make_edges: Callable[..., Edges],
+) -> None:
+    """A dies holding a call; the phone its push woke registers through B: that call is
+    gone with A (its caller had 100 Trying only; the upstream's timer ends it), the
+    binding moves to B at the upstream, and the next call reaches the phone through B."""
+    edges = make_edges()
+    a, b = edges.nodes
+    phone = edges.phone("carol")
+    edges.register_and_sleep(phone, node=a)
+    woken = edges.wake_on_push(phone, node=lambda: b, many=True)
+    # The phone wakes only once A is dead.
+    a_dead = threading.Event()
+    wake = edges.on_push[phone.token]
+    edges.on_push[phone.token] = lambda record: (a_dead.wait(10), wake(record))[-1]
+    held = edges.call("carol", expect_answer=False, caller_domain=FOREIGN, label="held")
+    wait_until(lambda: call_pushes(edges, phone.token) == 1, 10, "carol pushed by A")
+    edges.kill_node(A)
+    a_dead.set()
+    wait_until(lambda: len(woken) == 1 and "carol" in edges.ul_dump(B), 10, "carol through B")
+    assert [m.split()[1] for m in held.received() if m.startswith("SIP/2.0")] == ["100"]
+    held.stop()
+    wait_until(lambda: len(edges.upstream_bindings("carol")) == 1, 5, "upstream binding")
+
+    after = edges.call("carol", expect_answer=True, caller_domain=FOREIGN, label="after")
+    assert after.wait(30) == 0, after.output()[-3000:]
+    assert call_pushes(edges, phone.token) == 1  # the next call found it awake behind B
+    assert [e["action"] for e in edges.node_events(B, "request_in")] == ["relay"]
