@@ -195,3 +195,29 @@ def test_node_killed_with_calls_held(make_cluster: Callable[..., Cluster]) -> No
     assert caller.wait(30) == 0, caller.output()[-3000:]
     assert woken_again and woken_again[0].wait(15) == 97
     assert call_pushes(cluster, dave.token) == 2
+
+
+def test_push_counts_are_the_clusters(make_cluster: Callable[..., Cluster]) -> None:
+    """Kamailio's default cfg without WITH_ANTIFLOOD: htable is loaded by pushgate.cfg after
+    dmq, so the push counts replicate (htable's dmq). A call into A and one into B for the
+    same sleeping phone: each node holds and pushes its own, A's push is counted on B, both
+    calls reach the phone when it wakes."""
+    cluster = make_cluster()
+    a, b = cluster.nodes
+    phone = cluster.phone("alice")
+    cluster.register_and_sleep(phone, node=a)
+    wait_until(lambda: registered_on(cluster, B, "alice"), 10, "alice replicated to B")
+    woken = cluster.wake_on_push(phone, node=lambda: a, many=True, delay=1.0)
+
+    first = cluster.call("alice", expect_answer=True, node=a, label="first")
+    wait_until(lambda: call_pushes(cluster, phone.token) == 1, 10, "the first call's push")
+    wait_until(
+        lambda: "d:uloc-" in b.kamcmd("htable.dump", "pushgate_rate"), 5, "A's push counted on B"
+    )
+    second = cluster.call("alice", expect_answer=True, node=b, label="second")
+    assert first.wait(30) == 0, first.output()[-3000:]
+    assert second.wait(30) == 0, second.output()[-3000:]
+    assert call_pushes(cluster, phone.token) == 2
+    assert len(cluster.node_events(A, "push_request")) == 1
+    assert len(cluster.node_events(B, "push_request")) == 1
+    assert woken
