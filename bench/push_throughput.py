@@ -150,6 +150,29 @@ def cpu_seconds_of(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+"""cgroup v1's cpu controller (``--cpu-quota``)."""
+
+
+@contextlib.contextmanager
+def cpu_quota(share: float) -> Iterator[None]:
+    """Cap this process (every thread) at ``share`` of one core for a while, with a cgroup
+    of its own (cfs quota). Started after the fake server, which stays outside the cap:
+    N capped processes then fit on a machine with fewer than N free cores."""
+    group = CGROUP_CPU / f"pushgate-bench-{os.getpid()}"
+    group.mkdir()
+    try:
+        period = int((group / "cpu.cfs_period_us").read_text())
+        (group / "cpu.cfs_quota_us").write_text(str(int(share * period)))
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid()))
+    finally:
+        group.rmdir()
+
+
 # -- the fake server process ---------------------------------------------------------------
 
 
@@ -629,35 +652,37 @@ async def run_provider(
 ) -> PhaseResult:
     fake = target.start_fake(cores.fake)
     provider: Provider | None = None
+    capped = cpu_quota(args.cpu_quota) if args.cpu_quota else contextlib.nullcontext()
     try:
-        provider = target.make_provider(fake.port)
-        providers = {ProviderName(target.name): provider}
-        deadline = time.time() + args.seconds + WARMUP_SECONDS + DRAIN_SECONDS + 60.0
-        warm_n = max(WARMUP_PUSHES, 2 * args.concurrency)
-        frames = target.make_frames(warm_n + args.max_pushes, deadline)
-        # Warm-up: connections, JWT / OAuth token, worker threads. Not measured.
-        warm = Load(args.concurrency, None, None)
-        await warm.run(
-            Dispatcher(providers, warm.on_result, max_in_flight=max(1000, args.concurrency)),
-            frames[:warm_n],
-            WARMUP_SECONDS,
-            None,
-        )
-        if warm.stats.verdicts.get("delivered", 0) == 0:
-            raise RuntimeError(
-                f"{target.name}: no push delivered during warm-up: {dict(warm.stats.reasons)}"
+        with capped:
+            provider = target.make_provider(fake.port)
+            providers = {ProviderName(target.name): provider}
+            deadline = time.time() + args.seconds + WARMUP_SECONDS + DRAIN_SECONDS + 60.0
+            warm_n = max(WARMUP_PUSHES, 2 * args.concurrency)
+            frames = target.make_frames(warm_n + args.max_pushes, deadline)
+            # Warm-up: connections, JWT / OAuth token, worker threads. Not measured.
+            warm = Load(args.concurrency, None, None)
+            await warm.run(
+                Dispatcher(providers, warm.on_result, max_in_flight=max(1000, args.concurrency)),
+                frames[:warm_n],
+                WARMUP_SECONDS,
+                None,
             )
-        log_before = log_path.stat().st_size
-        load = Load(args.concurrency, args.rate, cores)
-        dispatcher = Dispatcher(
-            providers, load.on_result, max_in_flight=max(1000, args.concurrency)
-        )
-        stats = await load.run(dispatcher, frames[warm_n:], args.seconds, fake)
-        result = phase_result(target, stats, args, cores, log_path.stat().st_size - log_before)
-        if args.profile is not None:
-            profile_frames = target.make_frames(args.max_pushes, deadline)
-            await profile_run(target.name, providers, profile_frames, args, out)
-        return result
+            if warm.stats.verdicts.get("delivered", 0) == 0:
+                raise RuntimeError(
+                    f"{target.name}: no push delivered during warm-up: {dict(warm.stats.reasons)}"
+                )
+            log_before = log_path.stat().st_size
+            load = Load(args.concurrency, args.rate, cores)
+            dispatcher = Dispatcher(
+                providers, load.on_result, max_in_flight=max(1000, args.concurrency)
+            )
+            stats = await load.run(dispatcher, frames[warm_n:], args.seconds, fake)
+            result = phase_result(target, stats, args, cores, log_path.stat().st_size - log_before)
+            if args.profile is not None:
+                profile_frames = target.make_frames(args.max_pushes, deadline)
+                await profile_run(target.name, providers, profile_frames, args, out)
+            return result
     finally:
         if provider is not None:
             await provider.close()
@@ -846,6 +871,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.01 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be in [0.01, 1]")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.push_throughput",
@@ -895,6 +927,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_QUIET_WAIT,
         metavar="S",
         help="wait up to S s for idle cores before each provider (0: start at once)",
+    )
+    p.add_argument(
+        "--cpu-quota",
+        type=_share,
+        default=None,
+        metavar="F",
+        help="cap pushd (this process, not the fake) at F of one core (cgroup v1 cpu quota, "
+        "root): bench.pushd_scaling runs several at once",
     )
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, PKI)")
     return p.parse_args(argv)

@@ -17,12 +17,17 @@ Two things to add to your script (docs/integrate.md shows the patch to Kamailio'
        pushgate.branch()      branch route                     False: drop the branch
        pushgate.reply()       reply route (ksr_reply_route)
 
-   With several nodes (WITH_CLUSTER, docs/cluster.md; our all-in-one script does this)::
+   With several nodes (WITH_CLUSTER or WITH_PUSHGATE_CLUSTER, docs/cluster.md; our
+   all-in-one script does this)::
 
        pushgate.cluster_message()   a KDMQ request, first thing
        pushgate.cluster_relay(r)    after the transaction check     True: handled, stop
        pushgate.cluster_register()  REGISTER, just before save()
        pushgate.relay_failed()      after a t_relay that failed     True: handled
+
+   or, for the first two, one call after the transaction check (KDMQ included)::
+
+       pushgate.from_node()                                         True: handled, stop
 
    In edge mode (docs/edge.md; the registrar is another server), instead of
    register/registered/location::
@@ -41,6 +46,7 @@ from collections.abc import Callable
 
 import KSR
 
+from kemi import cluster
 from kemi.hooks import Hooks, check_setup, log_error
 from kemi.host import KemiHost
 from kemi.settings import Settings
@@ -83,6 +89,9 @@ class PushgateRoutes:
 
     def ksr_pushgate_peer_failed(self, msg: object) -> int:
         return _run("peer_failed", pushgate.peer_failed)
+
+    def ksr_pushgate_peer_reply(self, msg: object) -> int:
+        return _run("peer_reply", cluster.alias_reply)
 
     def ksr_pushgate_evapi(self, msg: object, evname: str) -> int:
         return _run("evapi", lambda: pushgate.evapi(evname))

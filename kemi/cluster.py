@@ -1,4 +1,5 @@
-"""Several Kamailio nodes (WITH_CLUSTER, docs/cluster.md): the Kamailio-facing parts.
+"""Several Kamailio nodes (WITH_CLUSTER, or pushgate.cfg's WITH_PUSHGATE_CLUSTER; docs/cluster.md):
+the Kamailio-facing parts.
 
 dmq_usrloc replicates every binding to every node; only the node that received the
 phone's REGISTER owns its flow (socket, connection id). So:
@@ -43,7 +44,10 @@ class Cluster:
             return None
         nodes = cluster.nodes_of(define("CLUSTER_NODES", ""))
         if not nodes:
-            raise ValueError("pushgate: WITH_CLUSTER needs CLUSTER_NODES (the nodes' IPs)")
+            raise ValueError(
+                "pushgate: several nodes (WITH_CLUSTER, WITH_PUSHGATE_CLUSTER) need "
+                "CLUSTER_NODES (the nodes' IPs)"
+            )
         return cls(node=Node.from_uri(define("CLUSTER_SELF", "")), nodes=nodes)
 
     def from_node(self) -> bool:
@@ -58,6 +62,11 @@ class Cluster:
         KSR.hdr.insert(f"Path: {header}\r\n")
         # save() reads the parsed message: apply the new header to it.
         KSR.textopsx.msg_apply_changes()
+
+    def to_node(self) -> bool:
+        """In a branch route: this branch goes to another node (the phone's flow is there)."""
+        dst = f"{KSR.pv.get('$dd') or ''}:{KSR.pv.get('$dp') or ''}"
+        return str(KSR.pv.get("$dd") or "") in self.nodes and dst != self.node.hostport
 
     # ----- KDMQ -----
     def usrloc_update(self, holds: Callable[[str], bool]) -> list[Replicated]:
@@ -97,6 +106,19 @@ class Cluster:
         if KSR.tm.t_check_status(str(cluster.FLOW_FAILED)) > 0:
             return True
         return bool(KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0)
+
+
+def alias_reply() -> None:
+    """Reply route of a call relayed to a phone's flow here (KEMI hosts; pushgate.cfg's
+    PUSHGATE_PEER_REPLY for a native cfg): the phone's Contact gets its flow as alias, so
+    in-dialog requests follow that flow (handle_ruri_alias). Without it, the node holding
+    the call would alias the Contact to this node, the reply's source, and the phone's BYE
+    would loop back to this node (404)."""
+    if not hasattr(KSR, "nathelper"):
+        return
+    status = int(KSR.pv.get("$rs") or 0)
+    if 100 < status < 300 and KSR.pv.get("$pr") in ("tcp", "tls", "ws", "wss"):
+        KSR.nathelper.add_contact_alias()
 
 
 def flows_of(aor: str) -> dict[str, str]:

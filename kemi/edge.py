@@ -12,6 +12,9 @@ The edge keeps:
 
       d:<aor>|<device>   -> JSON FlowRecord   the device's current flow
       f:<flow key>       -> "<aor>|<device>"  a flow token names this device
+      m:<aor>|<device>   -> JSON Handoff      several edges: the device registered on
+                                              another edge since (its flow is there)
+      h:<index:label>    -> JSON Handoff      a held call to deliver through that edge
 
   usrloc cannot hold the flow itself: ``save()`` in a reply route records the reply's
   connection (the upstream's), not the phone's. The table is memory only; after a
@@ -43,6 +46,9 @@ SAVE_FLAGS = 0x08
 """``save()`` of a reply: keep the expiry the upstream granted (no expires_range)."""
 MARGIN = 300
 """Seconds a flow record outlives the binding it was registered for."""
+HANDOFF_TTL = 3600 + MARGIN
+"""Seconds an edge remembers that a device moved to another edge: the upstream's longest
+usual binding (the old Path may bring calls here until it expires)."""
 
 Fetch = Callable[[str], tuple[str, list[Binding]]]
 """``ksr_bindings.fetch``: usrloc's key of an AoR and its bindings."""
@@ -139,9 +145,19 @@ def stashed() -> Stash | None:
     )
 
 
+@dataclass(frozen=True)
+class Saved:
+    aor: str
+    """usrloc's key of the AoR."""
+    kept: list[Binding]
+    """The AoR's bindings in the edge's copy."""
+    new_flow: list[Binding]
+    """Those this REGISTER brought over a flow the edge did not have for the device."""
+
+
 def save_granted(
     aor_uri: str, stash: Stash, reply_contacts: list[str], fetch: Fetch
-) -> tuple[str, list[Binding]] | None:
+) -> Saved | None:
     """``save()`` the upstream's 2xx into the edge's usrloc, keeping only the bindings
     registered through this edge; remember the flow of the ones of this REGISTER.
 
@@ -168,12 +184,16 @@ def save_granted(
             if b.ruid in drop:
                 KSR.registrar.unregister_ruid(TABLE, aor_uri, b.ruid)
         kept = [b for b in after if b.ruid not in drop]
+        new_flow: list[Binding] = []
         for b in kept:
             if plan.contact_key(b.uri) in {plan.contact_key(u) for u in registered}:
                 expires = plan.granted_expires(reply_contacts, b.uri, expires_header()) or 3600
                 record = FlowRecord(flow=stash.flow, conid=stash.conid, contact=b.uri)
+                before_record = current(key, plan.device_of(b))
+                if before_record is None or before_record.flow != stash.flow:
+                    new_flow.append(b)
                 remember(key, plan.device_of(b), record, expires + MARGIN)
-        return key, kept
+        return Saved(key, kept, new_flow)
     finally:
         KSR.htable.sht_unlock(LOCKS, aor_uri)
 
@@ -182,6 +202,8 @@ def save_granted(
 def remember(aor: str, device: str, record: FlowRecord, ttl: int) -> None:
     KSR.htable.sht_setxs(FLOWS, f"d:{aor}|{device}", record.to_json(), ttl)
     KSR.htable.sht_setxs(FLOWS, "f:" + flow_key(record.flow), f"{aor}|{device}", ttl)
+    # Registered here again: no longer behind another edge.
+    KSR.htable.sht_rm(FLOWS, f"m:{aor}|{device}")
 
 
 def current(aor: str, device: str) -> FlowRecord | None:
@@ -239,11 +261,56 @@ def record_route(flow: Flow, hmac_key: bytes) -> None:
 def send_over(flow: Flow, ruri: str = "") -> None:
     """Send the current request over ``flow``, never over a new connection; ``ruri``: the
     device's current Contact."""
+    aim_at(flow, ruri)
+    KSR.set_forward_no_connect()
+
+
+def aim_at(flow: Flow, ruri: str = "") -> None:
+    """``$du``/``$fs`` of ``flow``. (The no-new-connection flag cannot be unset: it is set
+    only once the request surely goes to a phone, not to another edge.)"""
     if ruri:
         KSR.pv.sets("$ru", ruri)
     KSR.pv.sets("$du", flow.uri)
     KSR.pv.sets("$fs", flow.socket)
-    KSR.set_forward_no_connect()
+
+
+# ----- several edges: a device behind another edge -----
+def announce(handoff: plan.Handoff) -> None:
+    """Tell the other edges (dmq) that ``handoff``'s device is reached through this edge."""
+    if KSR.dmq.bcast_message(plan.HANDOFF_PEER, handoff.to_json(), "application/json") < 0:
+        KSR.err(f"pushgate: dmq bcast of a handoff failed: {handoff.aor}\n")
+
+
+def remember_moved(handoff: plan.Handoff) -> None:
+    KSR.htable.sht_setxs(FLOWS, f"m:{handoff.aor}|{handoff.device}", handoff.to_json(), HANDOFF_TTL)
+
+
+def moved(aor: str, device: str) -> plan.Handoff | None:
+    """The edge the device registered on after its last registration here, if any."""
+    raw = KSR.htable.sht_get(FLOWS, f"m:{aor}|{device}")
+    return plan.Handoff.from_json(str(raw)) if raw else None
+
+
+def hand_over(tx_key: str, handoff: plan.Handoff) -> None:
+    """The held call ``tx_key`` goes to ``handoff``'s edge when it resumes next."""
+    KSR.htable.sht_setxs(FLOWS, f"h:{tx_key}", handoff.to_json(), 60)
+
+
+def handed_over(tx_key: str) -> plan.Handoff | None:
+    raw = KSR.htable.sht_get(FLOWS, f"h:{tx_key}")
+    if not raw:
+        return None
+    KSR.htable.sht_rm(FLOWS, f"h:{tx_key}")
+    return plan.Handoff.from_json(str(raw))
+
+
+def send_through(handoff: plan.Handoff) -> None:
+    """Send the current request to the device through the edge that has its flow: that
+    edge's Route (its flow token) on top; that edge record-routes, this one stays out of
+    the dialog."""
+    KSR.pv.sets("$ru", handoff.contact)
+    KSR.pv.sets("$du", handoff.next_hop)
+    KSR.hdr.insert(f"Route: <{handoff.route}>\r\n")
 
 
 def expires_header() -> int | None:

@@ -424,6 +424,11 @@ class Hooks:
     # ----- branch and reply routes -----
     def branch(self) -> bool:
         """In the host's branch route. False: this branch goes to a dead flow, drop it."""
+        if self.cluster is not None and self.cluster.to_node():
+            # Through the node that owns the phone's flow: the binding's flags (the host's
+            # NAT flag) are that node's business. Kept, a host's NAT handling here would
+            # alias the phone's Contact to that node and in-dialog requests would loop.
+            KSR.pv.seti("$bf", 0)
         if self._relaying.request != current_request():
             return True
         return str(KSR.pv.get("$du") or KSR.pv.get("$ru") or "") not in self._relaying.dead
@@ -536,6 +541,9 @@ class Hooks:
         if self.cluster is None or not self.cluster.from_node():
             KSR.sl.sl_send_reply(403, "Not a cluster node")
             return
+        if KSR.pv.get("$rU") == edge_plan.HANDOFF_PEER:
+            self.edge_handoff()
+            return
         if KSR.pv.get("$rU") != "usrloc":
             KSR.dmq.handle_message()
             return
@@ -549,6 +557,20 @@ class Hooks:
                     index, label = (int(x) for x in tx_key.split(":"))
                     log("resume", aor=aor, tx=tx_key, via="dmq")
                     self.host.continue_tx(index, label, Route.RESUME)
+
+    def from_node(self) -> bool:
+        """A host's one hook for requests from other nodes, first thing after its
+        transaction check: a KDMQ request, or a call relayed to a phone's flow here (its
+        replies through Pushgate's own reply route). True: handled, stop. Nothing on a
+        single Kamailio."""
+        if self.cluster is None:
+            return False
+        if KSR.is_KDMQ():
+            self.cluster_message()
+            return True
+        if KSR.siputils.has_totag() > 0:
+            return False  # in-dialog: the host's own loose routing
+        return self.cluster_relay(self.host.route_name(Route.PEER_REPLY))
 
     def cluster_register(self) -> None:
         """REGISTER, before ``save()``: this node's Path (no-op on a single node)."""
@@ -616,7 +638,7 @@ class Hooks:
         if saved is None:
             log("edge_save_failed", aor=aor_uri)
             return
-        aor, kept = saved
+        aor, kept = saved.aor, saved.kept
         check = registration.check_register(
             stash.contacts,
             expires_header=stash.expires,
@@ -645,6 +667,12 @@ class Hooks:
         pushing.landed([b.ruid for b in woken])
         if not check.adds_binding or not woken:
             return
+        if self.cluster is not None:
+            # Several edges: a call may be held on the edge the device slept behind, and
+            # the upstream may still send calls there (the old Path): tell them all.
+            for b in saved.new_flow:
+                if b.push is not None:
+                    self._announce(aor, b, stash.flow)
         # Calls held for this device (the upstream sent one branch per device) resume
         # over its new flow: edge_location delivers them.
         for tx_key in held_calls.held_for_aor(aor):
@@ -668,7 +696,11 @@ class Hooks:
                 KSR.sl.sl_send_reply(403, "Forbidden")
             return False
         KSR.rr.loose_route()
-        edge.send_over(flow)
+        if KSR.siputils.has_totag() > 0:
+            edge.send_over(flow)
+        else:
+            # edge_location decides: the phone's flow (no new connection), or another edge.
+            edge.aim_at(flow)
         self._token_flow = (current_request(), flow)
         return True
 
@@ -698,15 +730,22 @@ class Hooks:
             _, all_bindings = ksr_bindings.fetch(sip_uri(aor))
             bindings = [b for b in all_bindings if edge_plan.device_of(b) == device]
         decision = decide(bindings)
+        handoff = None
+        if self.cluster is not None and bindings and decision.action is Action.PUSH:
+            # Asleep here, but registered on another edge since: its flow is there.
+            handoff = edge.moved(aor, edge_plan.device_of(bindings[0]))
         log(
             "request_in",
             method=KSR.pv.get("$rm"),
             aor=aor or "-",
             callid=callid,
-            action=decision.action.value if bindings else "unknown",
+            action=("other_edge" if handoff else decision.action.value if bindings else "unknown"),
             live=len(decision.relay),
             push=len(decision.push),
         )
+        if handoff is not None:
+            edge.send_through(handoff)
+            return False
         if decision.action is Action.RELAY:
             record = edge.current(aor, edge_plan.device_of(decision.relay[0]))
             if record is not None:
@@ -720,6 +759,7 @@ class Hooks:
             return True
         if decision.action is not Action.PUSH or not KSR.is_INVITE():
             # Not a push binding of ours: over the token's flow, as any edge proxy would.
+            edge.send_over(flow)
             edge.record_route(flow, self._flow_key)
             return False
         if KSR.tm.t_newtran() == 0:
@@ -754,8 +794,53 @@ class Hooks:
                     edge.send_over(record.flow, ruri=b.uri)
                     edge.record_route(record.flow, self._flow_key)
                     return False
+            handoff = edge.handed_over(held.tx_key)
+            if handoff is not None:
+                log("edge_handoff_deliver", callid=callid, route=handoff.next_hop)
+                edge.send_through(handoff)
+                return False
         reply_reason(480, "Temporarily Unavailable", "Device not registered")
         return True
+
+    # ----- several edges (WITH_CLUSTER in edge.cfg) -----
+    def _announce(self, aor: str, binding: Binding, flow: flow_token.Flow) -> None:
+        assert self.cluster is not None and binding.push is not None
+        token = flow_token.encode(flow, self._flow_key)
+        handoff = edge_plan.Handoff(
+            aor=aor,
+            device=edge_plan.device_of(binding),
+            instance=binding.instance,
+            prid=binding.push.prid,
+            contact=binding.uri,
+            route=edge_plan.handoff_route(token, self.cluster.node.hostport),
+        )
+        edge.announce(handoff)
+        log("edge_handoff_sent", aor=aor)
+
+    def edge_handoff(self) -> None:
+        """Another edge's KDMQ: a device registered there over a new flow. Calls held here
+        for it go there; later calls through its old Path here follow it."""
+        try:
+            handoff = edge_plan.Handoff.from_json(str(KSR.pv.get("$rb") or ""))
+        except edge_plan.HandoffError as exc:
+            KSR.sl.sl_send_reply(400, f"Bad handoff: {exc}")
+            return
+        KSR.sl.sl_send_reply(200, "OK")
+        edge.remember_moved(handoff)
+        _, bindings = ksr_bindings.fetch(sip_uri(handoff.aor))
+        # Its push from here has landed, on another edge.
+        pushing.landed([b.ruid for b in bindings if edge_plan.device_of(b) == handoff.device])
+        for tx_key in held_calls.held_for_aor(handoff.aor):
+            index, label = (int(x) for x in tx_key.split(":"))
+            targets = held_calls.targets(
+                held_calls.Held(handoff.aor, sip_uri(handoff.aor), index, label)
+            )
+            if edge_plan.waits_for(targets, handoff.instance, handoff.prid) and (
+                held_calls.claim(tx_key)
+            ):
+                edge.hand_over(tx_key, handoff)
+                log("resume", aor=handoff.aor, tx=tx_key, via="edge")
+                self.host.continue_tx(index, label, Route.RESUME)
 
     def edge_outgoing(self) -> None:
         """A phone's own initial request, relayed to the upstream: record-routed with the

@@ -28,6 +28,7 @@ class Route(enum.Enum):
     PUSH_FAILED = "push_failed"  # t_continue: every push failed, 480
     MESSAGE_FAILED = "message_failed"  # failure route of a MESSAGE relayed to a live device
     PEER_FAILED = "peer_failed"  # failure route of an INVITE relayed through another node
+    PEER_REPLY = "peer_reply"  # onreply route of a call another node relays to a flow here
 
 
 class Host(Protocol):

@@ -83,6 +83,20 @@ class NativeEntry:
     def edge_outgoing(self, msg: object) -> int:
         return _run("edge_outgoing", self.hooks.edge_outgoing, TRUE)
 
+    def cluster_message(self, msg: object) -> int:
+        return _run("cluster_message", self.hooks.cluster_message, TRUE)
+
+    # Several nodes (WITH_PUSHGATE_CLUSTER): on a bug, a relayed call goes through the
+    # host's own routing, a failed relay gets the host's error reply.
+    def cluster_register(self, msg: object) -> int:
+        return _run("cluster_register", self.hooks.cluster_register, TRUE)
+
+    def from_node(self, msg: object) -> int:
+        return _run("from_node", self.hooks.from_node, FALSE)
+
+    def relay_failed(self, msg: object) -> int:
+        return _run("relay_failed", self.hooks.relay_failed, FALSE)
+
     def held_timeout(self, msg: object) -> int:
         return _run("held_timeout", self.hooks.held_timeout, TRUE)
 

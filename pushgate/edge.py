@@ -11,8 +11,9 @@ device without one), not per AoR.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 from pushgate import registration, sipmsg, wake_token
 from pushgate.decision import Binding
@@ -105,14 +106,92 @@ def grant(asked: int | None, granted: int, push: PushParams) -> Grant:
     return Grant(asked=asked, granted=granted, refreshable=refreshable_by_push(push))
 
 
-def woken_by(targets: Iterable[dict[str, str]], binding: Binding) -> bool:
-    """Whether a held call pushed ``targets`` waits for the device of ``binding``:
-    the same instance, or, for a device without one, the same push token."""
-    instance = wake_token.normalise_instance(binding.instance)
+def woken_by(targets: Iterable[Mapping[str, str]], binding: Binding) -> bool:
+    """Whether a held call pushed ``targets`` waits for the device of ``binding``."""
     prid = binding.push.prid if binding.push is not None else ""
+    return waits_for(targets, binding.instance, prid)
+
+
+def waits_for(targets: Iterable[Mapping[str, str]], instance: str, prid: str) -> bool:
+    """Whether a held call pushed ``targets`` waits for the device with ``instance`` (the
+    same instance) or, for a device without one, the push token ``prid``."""
+    instance = wake_token.normalise_instance(instance)
     for target in targets:
         if instance and wake_token.normalise_instance(target.get("instance", "")) == instance:
             return True
         if not instance and prid and target.get("prid") == prid:
             return True
     return False
+
+
+# ----- several edges (WITH_CLUSTER in edge.cfg, docs/edge.md) -----
+HANDOFF_PEER = "pushgate_edge"
+"""The dmq peer name of the edges' own KDMQ messages (the R-URI user)."""
+
+
+class HandoffError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A device registered over a new flow on another edge: told to every edge, so one
+    holding a call for it delivers it there, and later calls that reach it through the
+    device's old Path (the upstream keeps it until it expires) follow the device."""
+
+    aor: str
+    """usrloc's key of the AoR (the same on every edge: one upstream, one domain)."""
+    device: str
+    """:func:`device_key`."""
+    instance: str
+    prid: str
+    contact: str
+    """The Contact URI the device registered (the R-URI of a call delivered to it)."""
+    route: str
+    """The announcing edge's URI with the new flow's token (``sip:TOKEN@host:port;
+    transport=tcp;lr``): a request sent with it as its top Route reaches the device."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str) -> Handoff:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise HandoffError("not JSON") from None
+        if not isinstance(data, dict):
+            raise HandoffError("not a JSON object")
+        fields = {}
+        for name in ("aor", "device", "instance", "prid", "contact", "route"):
+            value = data.get(name, "")
+            if not isinstance(value, str):
+                raise HandoffError(f"{name}: not a string")
+            fields[name] = value
+        for name in ("aor", "device", "contact", "route"):
+            if not fields[name]:
+                raise HandoffError(f"{name}: missing")
+        if not fields["route"].lower().startswith("sip:") or ";lr" not in fields["route"]:
+            raise HandoffError("route: not a loose-routing SIP URI")
+        if not fields["contact"].lower().startswith(("sip:", "sips:")):
+            raise HandoffError("contact: not a SIP URI")
+        return cls(**fields)
+
+    @property
+    def next_hop(self) -> str:
+        """Where to send a request carrying ``route``: its host, port and transport."""
+        _, _, rest = self.route.partition("@")
+        hostport, _, params = rest.partition(";")
+        transport = ""
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "transport":
+                transport = f";transport={value.strip().lower()}"
+        return f"sip:{hostport}{transport}"
+
+
+def handoff_route(token: str, hostport: str) -> str:
+    """The Route URI another edge puts on a request for the device behind ``token`` (a
+    flow token of this edge's, this edge's ``host:port``). Edges talk over TCP: a 180
+    and its 200 cannot overtake each other."""
+    return f"sip:{token}@{hostport};transport=tcp;lr"

@@ -1,4 +1,6 @@
-"""Several Pushgate Kamailio nodes on loopback (WITH_CLUSTER, docs/cluster.md).
+"""Several Pushgate Kamailio nodes on loopback (docs/cluster.md): the all-in-one config
+(WITH_CLUSTER), or a stock config of Kamailio's with Pushgate's patch (flavour "default"
+or "kemi", pushgate.cfg's WITH_PUSHGATE_CLUSTER).
 
 Node i listens on 127.0.0.(i+2), all on the same SIP port, one shared PostgreSQL, dmq +
 dmq_usrloc between them; each node has its own pushd (one pushd per node: a push request
@@ -13,7 +15,9 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from testkit.certs import TestPki
 from testkit.kamailio import Kamailio
@@ -26,18 +30,22 @@ def node_ips(size: int) -> list[str]:
     return [f"127.0.0.{i + 2}" for i in range(size)]
 
 
-def make_node(node: Kamailio, ips: list[str], i: int, port: int) -> None:
-    """Make ``node`` the cluster's node ``i`` of ``ips``: its address, port and defines."""
+def make_node(node: Kamailio, ips: list[str], i: int, port: int, *, dropin: bool = False) -> None:
+    """Make ``node`` the cluster's node ``i`` of ``ips``: its address, port and defines
+    (``dropin``: Kamailio's default cfg with Pushgate's patch, pushgate.cfg's switch)."""
     node.listen_ip = ips[i]
     node.sip_port = port
     node.extra.update(
         {
-            "WITH_CLUSTER": "",
             "CLUSTER_SELF": f'"sip:{ips[i]}:{port}"',
             "CLUSTER_NOTIFY": f'"sip:{ips[(i + 1) % len(ips)]}:{port}"',
             "CLUSTER_NODES": '"' + ",".join(ips) + '"',
         }
     )
+    if dropin:
+        node.extra.update({"WITH_PUSHGATE_CLUSTER": "", "CLUSTER_SOURCE_IP": ips[i]})
+    else:
+        node.extra["WITH_CLUSTER"] = ""
 
 
 class Cluster(Stack):
@@ -47,6 +55,13 @@ class Cluster(Stack):
         super().__init__(root, pg, pki, **kw)  # type: ignore[arg-type]
         first = self.kamailio
         ips = node_ips(size)
+        # The drop-in shape (a stock config of Kamailio's + Pushgate's patch): each node's
+        # own copy, prepared for its address.
+        dropin = self.stock is not None
+        files_of = str(kw.get("stock_from") or kw.get("kamailio") or "5.6")
+        patches = cast("Sequence[Path]", kw.get("patches") or ())
+        if dropin and not patches:
+            raise ValueError("a cluster of Kamailio's stock configs needs Pushgate's patch")
         self.nodes: list[Kamailio] = []
         for i in range(size):
             node = (
@@ -61,7 +76,9 @@ class Cluster(Stack):
                 )
             )
             node.workdir.mkdir(parents=True, exist_ok=True)
-            make_node(node, ips, i, first.sip_port)
+            make_node(node, ips, i, first.sip_port, dropin=dropin)
+            if dropin:
+                self._use_stock(self.flavour, patches, files_of, None if i == 0 else node)
             self.nodes.append(node)
         self.pushds: dict[int, subprocess.Popen[bytes]] = {}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from testkit.procs import free_port, free_udp_block, stop
@@ -12,6 +13,11 @@ from testkit.procs import free_port, free_udp_block, stop
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "tests" / "scenarios"
 SIPP = "/usr/bin/sipp"
+SETUP_FAILED = 254
+"""SIPp's exit code when it cannot set up, e.g. a port taken between our check and its bind."""
+SETUP_WINDOW = 2.0
+"""Seconds after its start within which a SIPp that failed to bind a port is started again."""
+SETUP_TRIES = 3
 
 
 def scenario(name: str) -> Path:
@@ -29,13 +35,40 @@ class SippRun:
     logdir: Path
     name: str
     started: float
+    fixed_port: bool = False
+    """The caller chose the SIP port (-p): kept when started again."""
+    settled: threading.Event = field(default_factory=threading.Event)
+    """Set once this run is past its set-up (started again if it could not bind a port)."""
+    stopped: bool = False
 
     def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        self.settled.wait(timeout)
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            stop(self.proc)
+            self.stop()
             raise TimeoutError(f"sipp {self.name} still running after {timeout}s") from None
+
+    def alive(self) -> bool:
+        return not self.settled.is_set() or self.proc.poll() is None
+
+    def _watch_setup(self) -> None:
+        """A SIPp that could not bind its SIP or media port (another process took it after
+        free_port / free_udp_block looked) exits at once with 254: start it again on other
+        ports. Under load this happened about once per full test run."""
+        try:
+            for _ in range(SETUP_TRIES - 1):
+                try:
+                    rc = self.proc.wait(SETUP_WINDOW)
+                except subprocess.TimeoutExpired:
+                    return
+                if rc != SETUP_FAILED or self.stopped or "bind" not in self.output().lower():
+                    return
+                self.argv = with_fresh_ports(self.argv, self.fixed_port)
+                self.proc = spawn(self.argv, self.logdir, self.name)
+        finally:
+            self.settled.set()
 
     @property
     def log_file(self) -> Path:
@@ -79,7 +112,28 @@ class SippRun:
         return self.log_file.read_text().splitlines() if self.log_file.exists() else []
 
     def stop(self) -> None:
+        self.stopped = True
+        self.settled.wait(SETUP_WINDOW * SETUP_TRIES)
         stop(self.proc)
+
+
+def with_fresh_ports(argv: list[str], fixed_port: bool) -> list[str]:
+    out = list(argv)
+    out[out.index("-mp") + 1] = str(free_udp_block())
+    if not fixed_port:
+        out[out.index("-p") + 1] = str(free_port())
+    return out
+
+
+def spawn(argv: list[str], logdir: Path, label: str) -> subprocess.Popen[bytes]:
+    with (logdir / f"{label}.out").open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def start(
@@ -146,12 +200,13 @@ def start(
         argv += ["-au", auth[0], "-ap", auth[1]]
     for k, v in (keys or {}).items():
         argv += ["-key", k, v]
-    with (logdir / f"{label}.out").open("wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return SippRun(argv=argv, proc=proc, logdir=logdir, name=label, started=time.monotonic())
+    run = SippRun(
+        argv=argv,
+        proc=spawn(argv, logdir, label),
+        logdir=logdir,
+        name=label,
+        started=time.monotonic(),
+        fixed_port=local_port is not None,
+    )
+    threading.Thread(target=run._watch_setup, name=f"sipp-{label}", daemon=True).start()
+    return run

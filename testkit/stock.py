@@ -91,6 +91,8 @@ class Site:
     rundir: Path
     ws_port: int = 0
     """The WebSocket listener's port, used when the cfg runs with WITH_WEBSOCKET."""
+    listen_ip: str = "127.0.0.1"
+    """The SIP sockets' address (a cluster's nodes: 127.0.0.2, 127.0.0.3, ...)."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ def prepare(
             domain=site.domain,
             rundir=site.rundir,
             ws_port=site.ws_port,
+            listen_ip=site.listen_ip,
             python_script=workdir / KEMI_PY,
         )
     )

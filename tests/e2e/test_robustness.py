@@ -18,7 +18,6 @@ from testkit.procs import free_port, wait_until
 from testkit.stack import (
     DOMAIN,
     FOREIGN_DOMAIN,
-    SIPP_SETUP_FAILED,
     Phone,
     Stack,
     world_readable_tempdir,
@@ -138,22 +137,11 @@ KILLED_PUSHD_CALLS = 100  # the issue's burst of 100 held calls
 
 
 def register_all(stack: Stack, phones: list[Phone]) -> None:
-    """Register (and put to sleep) 20 SIPp phones at a time; one that could not set up
-    (its port taken by a neighbour under load: exit 254) is started again."""
+    """Register (and put to sleep) 20 SIPp phones at a time."""
     for batch in range(0, len(phones), 20):
-        pending = phones[batch : batch + 20]
-        for _ in range(3):
-            runs = [(phone, stack.register(phone)) for phone in pending]
-            pending = []
-            for phone, run in runs:
-                rc = run.wait(30)
-                if rc == SIPP_SETUP_FAILED:
-                    pending.append(phone)
-                else:
-                    assert rc == 0, run.output()[-2000:]
-            if not pending:
-                break
-        assert not pending, [p.user for p in pending]
+        runs = [stack.register(phone) for phone in phones[batch : batch + 20]]
+        for run in runs:
+            assert run.wait(30) == 0, run.output()[-2000:]
 
 
 def call_all(stack: Stack, phones: list[Phone], rate: int = 200) -> sipp.SippRun:

@@ -193,6 +193,9 @@ class FakeKSR(types.ModuleType):
     def is_OPTIONS(self) -> bool:
         return self.method == "OPTIONS"
 
+    def is_KDMQ(self) -> bool:
+        return self.method == "KDMQ"
+
     def is_myself(self, uri: str) -> bool:
         return bool(self.returns.get("is_myself", False))
 

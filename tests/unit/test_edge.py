@@ -270,3 +270,132 @@ def test_edge_python_exec_methods_never_return_zero_or_none(
     ):
         monkeypatch.setattr(entry.hooks, name, step)
         assert getattr(entry, name)(None) in (1, -1), name
+
+
+# ----- several edges (WITH_CLUSTER) -----
+EDGE_B = "192.0.2.2"
+HANDOFF = plan.Handoff(
+    aor=AOR,
+    device=INSTANCE,
+    instance=INSTANCE,
+    prid="00fc13adff785122",
+    contact=IPHONE_URI,
+    route=plan.handoff_route(flow_token.encode(PHONE, KEY), f"{EDGE_B}:5060"),
+)
+
+
+def clustered(ksr: fake_ksr.FakeKSR) -> None:
+    ksr.pvs.update(
+        {
+            "$def(PUSHGATE_CLUSTER)": 1,
+            "$def(CLUSTER_SELF)": '"sip:192.0.2.1:5060"',
+            "$def(CLUSTER_NODES)": f'"192.0.2.1,{EDGE_B}"',
+        }
+    )
+
+
+def test_a_handoff_reads_back_and_bad_ones_name_the_field() -> None:
+    assert plan.Handoff.from_json(HANDOFF.to_json()) == HANDOFF
+    assert HANDOFF.next_hop == f"sip:{EDGE_B}:5060;transport=tcp"
+    good = json.loads(HANDOFF.to_json())
+    for change, message in (
+        ({"aor": ""}, "aor: missing"),
+        ({"prid": 7}, "prid: not a string"),
+        ({"route": "sip:x@h"}, "route: not a loose-routing SIP URI"),
+        ({"contact": "tel:+1"}, "contact: not a SIP URI"),
+    ):
+        with pytest.raises(plan.HandoffError, match=message):
+            plan.Handoff.from_json(json.dumps({**good, **change}))
+    with pytest.raises(plan.HandoffError, match="not JSON"):
+        plan.Handoff.from_json("{")
+
+
+def test_an_initial_request_is_not_pinned_to_the_phones_flow_before_the_edge_decides(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    hooks = Hooks(settings(), NativeHost())
+    arrive(ksr, UPSTREAM)
+    route_to_edge(ksr, flow_token.encode(PHONE, KEY))
+    ksr.returns["siputils.has_totag"] = -1
+    assert hooks.edge_route() is True
+    assert ksr.pvs["$du"] == PHONE.uri
+    # It may yet go to another edge, over a new connection.
+    assert ("core", "set_forward_no_connect", ()) not in ksr.calls
+
+
+def test_another_edges_handoff_resumes_the_call_waiting_for_that_device_through_it(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    clustered(ksr)
+    host = NativeHost()
+    hooks = Hooks(settings(), host)
+    mine = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=1, label=2)
+    other = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=3, label=4)
+    held_calls.hold(mine, "call-1", 30, [{"instance": INSTANCE, "prid": "00fc13adff785122"}])
+    held_calls.hold(other, "call-2", 30, [{"instance": "<urn:uuid:ipad>", "prid": "ab"}])
+    ksr.method = "KDMQ"
+    ksr.pvs.update({"$si": EDGE_B, "$rU": plan.HANDOFF_PEER, "$rb": HANDOFF.to_json()})
+    hooks.cluster_message()
+    assert ksr.called("sl", "sl_send_reply") == [(200, "OK")]
+    assert list(host.pending) == [(1, 2, Route.RESUME)]
+    assert held_calls.held_for_aor(AOR) == ["3:4"]
+    # Resumed: delivered through B with B's Route on top, B's token naming the new flow.
+    ksr.method = "INVITE"
+    ksr.pvs["$ci"] = "call-1"
+    hooks._resuming = "call-1"
+    assert hooks.edge_location() is False
+    assert ksr.pvs["$du"] == HANDOFF.next_hop and ksr.pvs["$ru"] == IPHONE_URI
+    assert ksr.called("hdr", "insert") == [(f"Route: <{HANDOFF.route}>\r\n",)]
+    assert ksr.called("rr", "record_route") == []
+    assert ("core", "set_forward_no_connect", ()) not in ksr.calls
+    # The device is known to be behind B until it registers here again.
+    assert edge.moved(AOR, INSTANCE) == HANDOFF
+    edge.remember(AOR, INSTANCE, edge.FlowRecord(PHONE, 7, IPHONE_URI), 600)
+    assert edge.moved(AOR, INSTANCE) is None
+
+
+def test_a_handoff_from_outside_the_cluster_or_malformed_changes_nothing(
+    ksr: fake_ksr.FakeKSR,
+) -> None:
+    clustered(ksr)
+    host = NativeHost()
+    hooks = Hooks(settings(), host)
+    held_calls.hold(
+        held_calls.Held(aor=AOR, uri="sip:" + AOR, index=1, label=2),
+        "call-1",
+        30,
+        [{"instance": INSTANCE, "prid": "00fc13adff785122"}],
+    )
+    ksr.method = "KDMQ"
+    ksr.pvs.update({"$si": "203.0.113.9", "$rU": plan.HANDOFF_PEER, "$rb": HANDOFF.to_json()})
+    hooks.cluster_message()
+    ksr.pvs.update({"$si": EDGE_B, "$rb": '{"aor": "x"}'})
+    hooks.cluster_message()
+    assert ksr.called("sl", "sl_send_reply") == [
+        (403, "Not a cluster node"),
+        (400, "Bad handoff: device: missing"),
+    ]
+    assert list(host.pending) == [] and held_calls.held_for_aor(AOR) == ["1:2"]
+    assert edge.moved(AOR, INSTANCE) is None
+
+
+def test_a_call_through_the_old_path_of_a_device_now_behind_another_edge_goes_there(
+    ksr: fake_ksr.FakeKSR, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that keys bindings by Contact keeps the old one (Path: this edge) until
+    it expires: its calls go to the device's edge, not to another push."""
+    clustered(ksr)
+    hooks = Hooks(settings(), NativeHost())
+    edge.remember(AOR, INSTANCE, edge.FlowRecord(PHONE, 7, IPHONE_URI), 600)
+    edge.remember_moved(HANDOFF)
+    ksr.returns["tcpops.tcp_conid_alive"] = -1  # its flow here is gone: asleep here
+    monkeypatch.setattr(ksr_bindings, "fetch", lambda aor: (AOR, [binding(alive=False)]))
+    ksr.method = "INVITE"
+    arrive(ksr, UPSTREAM)
+    route_to_edge(ksr, flow_token.encode(PHONE, KEY))
+    ksr.returns["siputils.has_totag"] = -1
+    assert hooks.edge_route() is True
+    assert hooks.edge_location() is False
+    assert ksr.pvs["$du"] == HANDOFF.next_hop
+    assert ksr.called("hdr", "insert") == [(f"Route: <{HANDOFF.route}>\r\n",)]
+    assert ksr.called("tm", "t_newtran") == []  # not held, nothing pushed

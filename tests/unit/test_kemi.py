@@ -26,7 +26,7 @@ def ksr() -> Iterator[fake_ksr.FakeKSR]:
 
 def cfg_blocks() -> set[str]:
     text = (REPO / "pushgate.cfg").read_text()
-    return set(re.findall(r"^(?:failure_)?route\[(\w+)\]", text, re.M))
+    return set(re.findall(r"^(?:failure_|onreply_)?route\[(\w+)\]", text, re.M))
 
 
 def test_every_route_tm_calls_back_exists_as_a_native_block() -> None:
