@@ -382,7 +382,7 @@ class Hooks:
             ruids,
             held_for_aor=len(held_calls.held_for_aor(held.aor)),
             caller_recent=pushing.recent(f"c:{pushing.caller_key(held)}"),
-            device_recent={r: pushing.recent(f"d:{r}") for r in ruids},
+            device_recent={b.ruid: pushing.recent(pushing.device_key(b)) for b in asleep},
             in_flight=pushing.in_flight(ruids),
             limits=self.settings.limits,
         )

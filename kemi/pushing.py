@@ -11,7 +11,7 @@ import KSR
 
 from kemi import held_calls, ksr_bindings
 from kemi.settings import Settings, log
-from pushgate import wake_token, wire
+from pushgate import flood, wake_token, wire
 from pushgate.decision import Binding
 
 # htables (pushgate.cfg): one-time wake tokens -> "<aor>|<instance>"; AoRs with a
@@ -38,8 +38,9 @@ OWNER_GRACE = 10
 # all authenticated ones, kept by the evapi and timer processes under the "lk" lock.
 LIVE = "live"
 ALL = "all"
-# Push flood limits (pushgate/flood.py): "d:<ruid>" / "c:<caller>|<aor>" -> call pushes in
-# the window; devices with a call push in flight: ruid -> 1 until woken or the deadline.
+# Push flood limits (pushgate/flood.py): "d:<hash of the push token>" / "c:<caller>|<aor>"
+# -> call pushes in the window; devices with a call push in flight: ruid -> 1 until woken
+# or the deadline.
 RATE = "pushgate_rate"
 IN_FLIGHT = "pushgate_inflight"
 
@@ -281,9 +282,15 @@ def send_calls(settings: Settings, held: held_calls.Held, dests: list[dict[str, 
         push_id = call_push_id(held, n)
         send(held.aor, held.uri, push_id, dest, wire.PushKind.CALL, deadline, call_data(held))
         KSR.htable.sht_setxi(IN_FLIGHT, dest["ruid"], 1, settings.hold_timeout)
-        count(f"d:{dest['ruid']}", window)
+        count(flood.device_count_key(dest["provider"], dest["prid"]), window)
     if dests:
         count(f"c:{caller_key(held)}", window)
+
+
+def device_key(b: Binding) -> str:
+    """The push count key of a binding's device (pushgate/flood.py)."""
+    assert b.push is not None
+    return flood.device_count_key(b.push.raw_provider, b.push.prid)
 
 
 def caller_key(held: held_calls.Held) -> str:

@@ -16,6 +16,7 @@ limits, each per target so other users are never affected:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -26,6 +27,15 @@ class Limits:
     caller_pushes: int = 3
     window: int = 60
     """Seconds over which pushes are counted."""
+
+
+def device_count_key(provider: str, prid: str) -> str:
+    """The htable key of a device's push count: its push token, the one thing that names
+    the device the same way on every node and every edge (usrloc's ruid differs between
+    edges, and changes when a device without an instance registers a new Contact).
+    Hashed: a Web Push subscription URI is up to 1,024 characters."""
+    digest = hashlib.sha256(f"{provider.lower()}|{prid}".encode()).hexdigest()
+    return f"d:{digest[:32]}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pushgate.flood import device_count_key
 from testkit.certs import TestPki
 from testkit.cluster import Cluster
 from testkit.postgres import PostgresCluster
@@ -289,7 +290,9 @@ def test_two_calls_on_two_nodes_for_one_sleeping_phone(
     first = cluster.call("alice", expect_answer=True, node=a, label="first")
     wait_until(lambda: call_pushes(cluster, phone.token) == 1, 10, "the first call's push")
     wait_until(
-        lambda: "d:uloc-" in b.kamcmd("htable.dump", "pushgate_rate"), 5, "A's push counted on B"
+        lambda: device_count_key("apns", phone.token) in b.kamcmd("htable.dump", "pushgate_rate"),
+        5,
+        "A's push counted on B",
     )
     second = cluster.call("alice", expect_answer=True, node=b, label="second")
     assert first.wait(30) == 0, first.output()[-3000:]

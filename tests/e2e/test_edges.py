@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pushgate.flood import device_count_key
 from testkit.certs import TestPki
 from testkit.edges import Edges
 from testkit.postgres import PostgresCluster
@@ -69,6 +70,13 @@ def test_call_held_on_a_reaches_the_phone_woken_through_b(
     assert [e for e in edges.node_events(B, "edge_handoff_sent")]
     sent, got = register_to_invite(woken[0].messages())
     print(f"\nREGISTER through B -> INVITE held on A at the phone: {1000 * (got - sent):.0f} ms")
+    # The push budgets are the edges' together: A's push is counted on B, under the
+    # device's push token (its bindings' ruids differ between the edges).
+    wait_until(
+        lambda: device_count_key("apns", phone.token) in b.kamcmd("htable.dump", "pushgate_rate"),
+        5,
+        "A's push counted on B",
+    )
 
 
 def test_after_the_move_calls_go_through_b_without_another_push(

@@ -83,6 +83,11 @@ class _Htable:
         self._t(table).pop(key, None)
         return 1
 
+    def sht_inc(self, table: str, key: str) -> int:
+        value = int(self._t(table).get(key, 0)) + 1
+        self._t(table)[key] = value
+        return value
+
     def sht_dec(self, table: str, key: str) -> int:
         value = int(self._t(table).get(key, 0)) - 1
         self._t(table)[key] = value

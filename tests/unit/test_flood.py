@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pushgate.flood import Limits, Plan, plan
+from pushgate.flood import Limits, Plan, device_count_key, plan
 
 LIMITS = Limits(max_held=4, device_pushes=6, caller_pushes=3, window=60)
 
@@ -53,3 +53,15 @@ def test_a_caller_over_its_budget_pushes_nobody_but_may_still_wait_for_a_wake_up
     assert decide(["a"], caller=3).reject is not None
     waiting = decide(["a", "b"], caller=3, in_flight={"a"})
     assert (waiting.push, waiting.coalesced, waiting.reject) == ((), ("a",), None)
+
+
+def test_a_devices_push_count_is_keyed_by_its_push_token_not_its_binding() -> None:
+    """Every node and every edge counts one device under one key (their ruids differ)."""
+    token = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0"
+    key = device_count_key("apns", token)
+    assert key == device_count_key("APNs", token)
+    assert key != device_count_key("apns", token[:-1] + "1")
+    assert key != device_count_key("fcm", token)
+    # A Web Push subscription URI (up to 1,024 characters) gives a short key too.
+    assert len(device_count_key("webpush", "https://push.example/" + "x" * 1000)) == len(key)
+    assert key.startswith("d:")
