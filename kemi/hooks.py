@@ -541,7 +541,7 @@ class Hooks:
         if self.cluster is None or not self.cluster.from_node():
             KSR.sl.sl_send_reply(403, "Not a cluster node")
             return
-        if KSR.pv.get("$rU") == edge_plan.HANDOFF_PEER:
+        if self.settings.edge and KSR.pv.get("$rU") == edge_plan.HANDOFF_PEER:
             self.edge_handoff()
             return
         if KSR.pv.get("$rU") != "usrloc":
