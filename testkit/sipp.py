@@ -18,6 +18,9 @@ SETUP_FAILED = 254
 SETUP_WINDOW = 2.0
 """Seconds after its start within which a SIPp that failed to bind a port is started again."""
 SETUP_TRIES = 3
+LOCAL_PORT = "{local_port}"
+"""In ``keys`` values: replaced by the SIP port SIPp gets (e.g. a Contact's host:port),
+also when it is started again on another port."""
 
 
 def scenario(name: str) -> Path:
@@ -35,8 +38,8 @@ class SippRun:
     logdir: Path
     name: str
     started: float
-    fixed_port: bool = False
-    """The caller chose the SIP port (-p): kept when started again."""
+    template: list[str] = field(default_factory=list)
+    """``argv`` with the ports still to fill in (``fill``)."""
     settled: threading.Event = field(default_factory=threading.Event)
     """Set once this run is past its set-up (started again if it could not bind a port)."""
     stopped: bool = False
@@ -65,7 +68,7 @@ class SippRun:
                     return
                 if rc != SETUP_FAILED or self.stopped or "bind" not in self.output().lower():
                     return
-                self.argv = with_fresh_ports(self.argv, self.fixed_port)
+                self.argv = fill(self.template)
                 self.proc = spawn(self.argv, self.logdir, self.name)
         finally:
             self.settled.set()
@@ -117,12 +120,15 @@ class SippRun:
         stop(self.proc)
 
 
-def with_fresh_ports(argv: list[str], fixed_port: bool) -> list[str]:
-    out = list(argv)
-    out[out.index("-mp") + 1] = str(free_udp_block())
-    if not fixed_port:
-        out[out.index("-p") + 1] = str(free_port())
-    return out
+MEDIA_PORT = "{media_port}"
+
+
+def fill(template: list[str], local_port: int | None = None) -> list[str]:
+    """``template`` with fresh ports: SIPp's SIP port where the caller left it to us (and
+    wherever ``LOCAL_PORT`` stands in a key), and its media ports."""
+    port = str(local_port or free_port())
+    media = str(free_udp_block())
+    return [a.replace(LOCAL_PORT, port).replace(MEDIA_PORT, media) for a in template]
 
 
 def spawn(argv: list[str], logdir: Path, label: str) -> subprocess.Popen[bytes]:
@@ -168,10 +174,10 @@ def start(
         "-i",
         "127.0.0.1",
         "-p",
-        str(local_port or free_port()),
+        str(local_port) if local_port else LOCAL_PORT,
         # Each SIPp its own media port: phones started together must not all bind 6000.
         "-mp",
-        str(free_udp_block()),
+        MEDIA_PORT,
         "-m",
         str(calls),
         "-r",
@@ -200,13 +206,14 @@ def start(
         argv += ["-au", auth[0], "-ap", auth[1]]
     for k, v in (keys or {}).items():
         argv += ["-key", k, v]
+    filled = fill(argv, local_port)
     run = SippRun(
-        argv=argv,
-        proc=spawn(argv, logdir, label),
+        argv=filled,
+        proc=spawn(filled, logdir, label),
         logdir=logdir,
         name=label,
         started=time.monotonic(),
-        fixed_port=local_port is not None,
+        template=argv,
     )
     threading.Thread(target=run._watch_setup, name=f"sipp-{label}", daemon=True).start()
     return run

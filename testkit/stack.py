@@ -492,7 +492,8 @@ class Stack:
         ring_only = "phone_ring" if ring else "phone_take_message" if take_message else None
         answering = "phone_answer_late" if answer_late else "phone_answer" if answer else None
         ooc = "phone_answer_many" if many else answering or ring_only
-        port = free_port()
+        # SIPp's own port in the Contact (filled in by testkit.sipp, new if it restarts).
+        hostport = phone.contact_host or f"127.0.0.1:{sipp.LOCAL_PORT}"
         extra = {"wake_token": wake_token} if wake_token else {}
         if self.tls:
             extra["contact_transport"] = "tls"
@@ -502,11 +503,10 @@ class Stack:
             target_host=node.listen_ip,
             logdir=self.logs,
             transport="t1",
-            local_port=port,
             keys={
                 **phone.keys(),
-                "contact_hostport": phone.contact_host or f"127.0.0.1:{port}",
-                "dialog_contact": phone.dialog_contact(phone.contact_host or f"127.0.0.1:{port}"),
+                "contact_hostport": hostport,
+                "dialog_contact": phone.dialog_contact(hostport),
                 **extra,
             },
             auth=(phone.user, password or phone.password),
@@ -558,14 +558,12 @@ class Stack:
         auth: tuple[str, str] | None,
         keys: dict[str, str],
     ) -> sipp.SippRun:
-        port = free_port()
         return sipp.start(
             name,
             target_port=self.kamailio.sip_port,
             logdir=self.logs,
             transport="t1",
-            local_port=port,
-            keys={"contact_hostport": f"127.0.0.1:{port}", **phone.keys(), **keys},
+            keys={"contact_hostport": f"127.0.0.1:{sipp.LOCAL_PORT}", **phone.keys(), **keys},
             auth=auth,
             label=f"{name}-{phone.user}-{time.monotonic_ns()}",
         )

@@ -25,7 +25,7 @@ from pushd.config import Secret
 from pushgate import flow_token
 from testkit import sipp
 from testkit.linphone import Linphone, PushStyle
-from testkit.procs import free_port, wait_until
+from testkit.procs import wait_until
 from testkit.stack import DOMAIN, EDGE_FLOW_SECRET, TEAM_PARAM_PREFIX, Stack
 from tests.conftest import MakeLinphone
 from tests.e2e.test_linphone import BUNDLE, VOIP_TOKEN, find, sleep_push_wake_answer
@@ -287,18 +287,17 @@ def test_sleeping_device_hears_the_call_was_answered_elsewhere(edge: Edge) -> No
     stack = edge()
     iphone, desk = stack.phone("hugo", n=1), stack.phone("hugo", n=2)
     stack.register_and_sleep(iphone)
-    port = free_port()
+    hostport = f"127.0.0.1:{sipp.LOCAL_PORT}"
     desk_run = sipp.start(
         "phone_register",
         target_port=stack.caller_port,  # straight to the upstream, not through the edge
         logdir=stack.logs,
         transport="t1",
-        local_port=port,
         keys={
             **desk.keys(),
             "pn": "",
-            "contact_hostport": f"127.0.0.1:{port}",
-            "dialog_contact": desk.dialog_contact(f"127.0.0.1:{port}"),
+            "contact_hostport": hostport,
+            "dialog_contact": desk.dialog_contact(hostport),
         },
         auth=(desk.user, desk.password),
         ooc="phone_answer",

@@ -14,7 +14,7 @@ import pytest
 from testkit import sipp
 from testkit.certs import TestPki
 from testkit.postgres import start_cluster
-from testkit.procs import free_port, wait_until
+from testkit.procs import wait_until
 from testkit.stack import (
     DOMAIN,
     FOREIGN_DOMAIN,
@@ -95,14 +95,12 @@ def test_an_unregister_without_angle_brackets_does_not_end_a_held_call(
     caller = stack.call("bob", expect_answer=False)
     assert stack.apns is not None
     stack.apns.wait_for_pushes(1, timeout=5)
-    port = free_port()
     unregister = sipp.start(
         "phone_unregister_bare",
         target_port=stack.kamailio.sip_port,
         logdir=stack.logs,
         transport="t1",
-        local_port=port,
-        keys={**phone.keys(), "contact_hostport": f"127.0.0.1:{port}"},
+        keys={**phone.keys(), "contact_hostport": f"127.0.0.1:{sipp.LOCAL_PORT}"},
         auth=(phone.user, phone.password),
         label="unregister-bare",
     )
