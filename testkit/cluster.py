@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -22,8 +21,8 @@ from typing import cast
 from testkit.certs import TestPki
 from testkit.kamailio import Kamailio
 from testkit.postgres import PostgresCluster
-from testkit.procs import stop, tail, wait_until
-from testkit.stack import REPO, Stack
+from testkit.procs import stop, wait_until
+from testkit.stack import Stack
 
 
 def node_ips(size: int) -> list[str]:
@@ -105,33 +104,8 @@ class Cluster(Stack):
 
     def start_node_pushd(self, i: int) -> None:
         node = self.nodes[i]
-        connected = sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
-        with self.node_pushd_log(i).open("ab") as log:
-            self.pushds[i] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pushd",
-                    "--config",
-                    str(self.pushd_config(node, f"pushd-node{i}")),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        try:
-            wait_until(
-                lambda: (
-                    sum(1 for e in node.timeline() if e.get("event") == "pushd_connected")
-                    > connected
-                ),
-                20,
-                f"pushd to connect to node {i}",
-            )
-        except TimeoutError as exc:
-            raise RuntimeError(f"{exc}\n{tail(self.node_pushd_log(i))}") from None
+        config = self.pushd_config(node, f"pushd-node{i}")
+        self.pushds[i] = self.spawn_pushd(config, self.node_pushd_log(i), node)
 
     def dmq_nodes(self, i: int) -> str:
         return self.nodes[i].kamcmd("dmq.list_nodes")

@@ -21,6 +21,7 @@ SETUP_TRIES = 3
 LOCAL_PORT = "{local_port}"
 """In ``keys`` values: replaced by the SIP port SIPp gets (e.g. a Contact's host:port),
 also when it is started again on another port."""
+MEDIA_PORT = "{media_port}"
 
 
 def scenario(name: str) -> Path:
@@ -116,11 +117,10 @@ class SippRun:
 
     def stop(self) -> None:
         self.stopped = True
+        stop(self.proc)
+        # The watcher may have started it again just before it saw ``stopped``.
         self.settled.wait(SETUP_WINDOW * SETUP_TRIES)
         stop(self.proc)
-
-
-MEDIA_PORT = "{media_port}"
 
 
 def fill(template: list[str], local_port: int | None = None) -> list[str]:

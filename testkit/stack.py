@@ -390,31 +390,42 @@ class Stack:
         return self.logs / "pushd.log"
 
     def start_pushd(self, wait: bool = True) -> None:
-        connected_before = self.count_events("pushd_connected")
-        with self.pushd_log.open("ab") as log:
-            self.pushd_proc = subprocess.Popen(
-                [sys.executable, "-m", "pushd", "--config", str(self.pushd_config())],
+        self.pushd_proc = self.spawn_pushd(self.pushd_config(), self.pushd_log, wait=wait)
+
+    def spawn_pushd(
+        self, config: Path, log_path: Path, kamailio: Kamailio | None = None, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """A pushd process with ``config``, its output in ``log_path``; with ``wait``, once
+        it said hello to ``kamailio`` (default: ``self.kamailio``)."""
+        kamailio = kamailio or self.kamailio
+
+        def connections() -> int:
+            return sum(1 for e in kamailio.timeline() if e.get("event") == "pushd_connected")
+
+        before = connections()
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pushd", "--config", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
                 start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        if wait:
-            try:
-                wait_until(
-                    lambda: (
-                        self.count_events("pushd_connected") > connected_before
-                        or self.pushd_proc is None
-                        or self.pushd_proc.poll() is not None
-                    ),
-                    20,
-                    "pushd to connect to kamailio",
-                )
-            except TimeoutError as exc:
-                raise RuntimeError(f"{exc}\n{tail(self.pushd_log)}") from None
-            if self.pushd_proc.poll() is not None:
-                raise RuntimeError(f"pushd exited:\n{tail(self.pushd_log)}")
+        if not wait:
+            return proc
+        try:
+            wait_until(
+                lambda: connections() > before or proc.poll() is not None,
+                20,
+                f"pushd ({config.name}) to connect to kamailio",
+            )
+        except TimeoutError as exc:
+            stop(proc)
+            raise RuntimeError(f"{exc}\n{tail(log_path)}") from None
+        if proc.poll() is not None:
+            raise RuntimeError(f"pushd exited:\n{tail(log_path)}")
+        return proc
 
     def stop_pushd(self) -> None:
         if self.pushd_proc is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import zlib
 from collections import Counter
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from testkit import sipp
-from testkit.procs import stop, tail, wait_until
+from testkit.procs import stop, wait_until
 from testkit.stack import REPO, Phone, Stack
 from tests.conftest import on_kamailio
 
@@ -36,25 +35,7 @@ class SecondPushd:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        before = self.stack.count_events("pushd_connected")
-        config = self.stack.pushd_config(name="pushd2")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pushd", "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        try:
-            wait_until(
-                lambda: self.stack.count_events("pushd_connected") > before,
-                20,
-                "the second pushd to connect",
-            )
-        except TimeoutError as exc:
-            raise RuntimeError(f"{exc}\n{tail(self.log)}") from None
+        self.proc = self.stack.spawn_pushd(self.stack.pushd_config(name="pushd2"), self.log)
 
     def kill(self) -> None:
         """SIGKILL: gone without a word."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -18,7 +19,6 @@ from kemi.settings import Settings  # noqa: E402
 from pushgate import edge as plan  # noqa: E402
 from pushgate import flow_token, pn_params  # noqa: E402
 from pushgate.decision import Binding  # noqa: E402
-from pushgate.flood import Limits  # noqa: E402
 from pushgate.flow_token import Flow  # noqa: E402
 
 SECRET = "unit-test-secret"
@@ -39,20 +39,8 @@ def ksr() -> Iterator[fake_ksr.FakeKSR]:
 
 
 def settings() -> Settings:
-    return Settings(
-        hold_timeout=30,
-        secret="s",
-        providers=frozenset({"apns", "fcm"}),
-        pn_min_expires=150,
-        notice_ttl=60,
-        cancel_grace=30,
-        msg_preview=False,
-        msg_store_ttl=604800,
-        metrics_allow=frozenset(),
-        limits=Limits(),
-        edge=True,
-        flow_secret=SECRET,
-    )
+    """pushgate.cfg's defaults (no #!define on the stand-in KSR), in edge mode."""
+    return dataclasses.replace(Settings.from_cfg(), edge=True, flow_secret=SECRET)
 
 
 def binding(uri: str = IPHONE_URI, instance: str = INSTANCE, **kw: object) -> Binding:
@@ -212,17 +200,22 @@ def test_the_copy_tells_live_from_asleep_by_the_edges_own_flow_record(
     # A binding of the same device with another Contact (an older registration): asleep.
     assert not edge.with_flow(AOR, binding(uri=IPHONE_URI + ";x=1")).alive
     # Outside edge mode nothing is overridden.
-    Hooks(Settings(**{**settings().__dict__, "edge": False}), NativeHost())
+    Hooks(dataclasses.replace(settings(), edge=False), NativeHost())
     assert ksr_bindings.flow_override is None
+
+
+def hold_two_calls() -> None:
+    """Transaction 1:2 held for the iPhone (INSTANCE), 3:4 for the user's iPad."""
+    mine = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=1, label=2)
+    other = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=3, label=4)
+    held_calls.hold(mine, "call-1", 30, [{"instance": INSTANCE, "prid": "00fc13adff785122"}])
+    held_calls.hold(other, "call-2", 30, [{"instance": "<urn:uuid:ipad>", "prid": "ab"}])
 
 
 def test_the_woken_devices_held_call_resumes_and_no_other(ksr: fake_ksr.FakeKSR) -> None:
     host = NativeHost()
     hooks = Hooks(settings(), host)
-    mine = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=1, label=2)
-    other = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=3, label=4)
-    held_calls.hold(mine, "call-1", 30, [{"instance": INSTANCE, "prid": "00fc13adff785122"}])
-    held_calls.hold(other, "call-2", 30, [{"instance": "<urn:uuid:ipad>", "prid": "ab"}])
+    hold_two_calls()
     ksr.method = "REGISTER"
     reply_contact = f'<{IPHONE_URI}>;expires=600;+sip.instance="{INSTANCE}";reg-id=1'
     stash = {
@@ -329,10 +322,7 @@ def test_another_edges_handoff_resumes_the_call_waiting_for_that_device_through_
     clustered(ksr)
     host = NativeHost()
     hooks = Hooks(settings(), host)
-    mine = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=1, label=2)
-    other = held_calls.Held(aor=AOR, uri="sip:" + AOR, index=3, label=4)
-    held_calls.hold(mine, "call-1", 30, [{"instance": INSTANCE, "prid": "00fc13adff785122"}])
-    held_calls.hold(other, "call-2", 30, [{"instance": "<urn:uuid:ipad>", "prid": "ab"}])
+    hold_two_calls()
     ksr.method = "KDMQ"
     ksr.pvs.update({"$si": EDGE_B, "$rU": plan.HANDOFF_PEER, "$rb": HANDOFF.to_json()})
     hooks.cluster_message()

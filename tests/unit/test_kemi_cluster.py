@@ -17,7 +17,6 @@ from kemi.hooks import Hooks  # noqa: E402
 from kemi.host import KemiHost, NativeHost  # noqa: E402
 from kemi.settings import Settings  # noqa: E402
 from pushgate.cluster import Node  # noqa: E402
-from pushgate.flood import Limits  # noqa: E402
 
 A, B = "127.0.0.2", "127.0.0.3"
 NODE_A = cluster.Cluster(node=Node("127.0.0.2:5060"), nodes=frozenset({A, B}))
@@ -29,18 +28,8 @@ def ksr() -> Iterator[fake_ksr.FakeKSR]:
 
 
 def hooks(host: NativeHost | KemiHost, *, clustered: bool = True) -> Hooks:
-    settings = Settings(
-        hold_timeout=30,
-        secret="s",
-        providers=frozenset({"apns", "fcm"}),
-        pn_min_expires=150,
-        notice_ttl=60,
-        cancel_grace=30,
-        msg_preview=False,
-        msg_store_ttl=604800,
-        metrics_allow=frozenset(),
-        limits=Limits(),
-    )
+    # The defaults of pushgate.cfg (no #!define on the stand-in KSR).
+    settings = Settings.from_cfg()
     made = Hooks(settings, host)
     made.cluster = NODE_A if clustered else None
     return made
