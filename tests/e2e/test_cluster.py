@@ -216,7 +216,7 @@ def test_node_killed_with_calls_held_then_restarted(
         cluster.call(user, expect_answer=False, node=a, label=f"held-{user}")
         for user in ("alice", "carol")
     ]
-    wait_until(lambda: len(cluster.node_events(A, "push_request")) == 2, 10, "two calls held on A")
+    wait_until(lambda: len(cluster.node_events(A, "push_request")) >= 2, 10, "two calls held on A")
 
     cluster.kill_node(A)
     killed = time.time()
